@@ -1,0 +1,161 @@
+"""The one interface every model honours: fit, score, save, load.
+
+Evaluation, top-k export, tracking and the pipeline talk only to this interface, so they never
+branch on the model type. Models compute; they know nothing of MLflow, files other than their own
+save directory, or the CLI. Progress and tracking reach them as callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recvae.data.dataset import Dataset
+from recvae.errors import RecvaeError
+from recvae.io import atomic_dir
+
+MODEL_FILE = "recvae_model.json"
+
+
+@dataclass
+class EpochReport:
+    """What a model reports after each training epoch (or once, for closed-form models).
+
+    ``metrics`` uses stable names: ``train/loss``, ``train/kl``, ``train/beta``,
+    ``val/ndcg_at_100``, ``epoch_seconds`` ...
+    """
+
+    epoch: int
+    metrics: dict[str, float]
+    is_best: bool = False
+
+
+Callback = Callable[[EpochReport], None]
+
+
+class NotFittedError(RecvaeError):
+    """A model was used before ``fit`` or ``load``."""
+
+
+@dataclass
+class Recommender(ABC):
+    """Base class: hyper-parameters are dataclass fields stored as given; learned state ends in ``_``.
+
+    Example::
+
+        model = EASE(l2=500.0).fit(dataset)
+        scores = model.score(dataset.test.fold_in[:100])   # (100, n_items) float32
+    """
+
+    name: ClassVar[str] = "base"
+    item_ids_: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    # -------------------------------------------------------------- contract
+    @abstractmethod
+    def fit(
+        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+    ) -> Recommender:
+        """Learn from ``dataset.train`` (and select on ``dataset.validation`` where the model trains)."""
+
+    @abstractmethod
+    def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:
+        """Scores (n_rows, n_items) for a batch of users' histories."""
+
+    @abstractmethod
+    def _save_state(self, path: Path) -> None:
+        """Write learned state into ``path`` (a fresh directory)."""
+
+    @abstractmethod
+    def _load_state(self, path: Path) -> None:
+        """Read learned state written by ``_save_state``."""
+
+    # ------------------------------------------------------------ shared API
+    def score(self, fold_in: sp.csr_matrix) -> np.ndarray:
+        """Dense float32 scores of shape (n_rows, n_items) for users' histories.
+
+        ``fold_in`` is CSR of shape (n_rows, n_items) over the training item vocabulary; users
+        need not have been seen in training (autoencoders score new users from their history).
+        Callers batch the rows (see ``recvae.batching.row_batches``); known items are not masked.
+        """
+        self._check_fitted()
+        if not sp.issparse(fold_in):
+            raise RecvaeError(f"{self.name}: expected a scipy CSR matrix, got {type(fold_in).__name__}")
+        if fold_in.shape[1] != self.n_items:
+            raise RecvaeError(
+                f"{self.name}: expected a CSR matrix with {self.n_items} columns (the training "
+                f"items), got {fold_in.shape[1]}"
+            )
+        return np.asarray(self._score(fold_in.tocsr()), dtype=np.float32)
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        assert self.item_ids_ is not None
+        return len(self.item_ids_)
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters as given to the constructor."""
+        from dataclasses import fields
+
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model (config, item vocabulary, learned state) to a directory, atomically."""
+        self._check_fitted()
+        with atomic_dir(path) as tmp:
+            meta = {"model": self.name, "params": self.params(), "format": 1}
+            (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            pd.DataFrame({"item_id": self.item_ids_}).to_parquet(tmp / "items.parquet", index=False)
+            self._save_state(tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Recommender:
+        """Load a model saved by :meth:`save`; on a subclass, checks the saved model's type."""
+        root = Path(path)
+        meta = read_model_meta(root)
+        if cls is not Recommender and meta["model"] != cls.name:
+            raise RecvaeError(f"{root}: holds a {meta['model']!r} model, expected {cls.name!r}")
+        from recvae.models import model_class
+
+        klass = model_class(meta["model"])
+        model = klass(**meta["params"])
+        model.item_ids_ = pd.read_parquet(root / "items.parquet")["item_id"].to_numpy()
+        model._load_state(root)
+        return model
+
+    def check_items(self, item_ids: np.ndarray, what: str = "the data") -> None:
+        """Raise unless ``item_ids`` is exactly this model's training item vocabulary, in order."""
+        self._check_fitted()
+        assert self.item_ids_ is not None
+        if len(item_ids) != len(self.item_ids_) or not np.array_equal(
+            np.asarray(item_ids).astype(str), self.item_ids_.astype(str)
+        ):
+            raise RecvaeError(
+                f"{self.name}: item vocabulary of {what} ({len(item_ids)} items) does not match the "
+                f"model's ({len(self.item_ids_)} items); train the model on this dataset"
+            )
+
+    def _check_fitted(self) -> None:
+        if self.item_ids_ is None:
+            raise NotFittedError(f"{self.name}: model is not fitted; call fit() or load() first")
+
+
+def read_model_meta(root: Path) -> dict[str, Any]:
+    """The ``recvae_model.json`` of a saved model directory."""
+    mpath = root / MODEL_FILE
+    if not mpath.is_file():
+        raise RecvaeError(f"{root}: not a saved recvae model (no {MODEL_FILE})")
+    try:
+        return json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise RecvaeError(f"{mpath}: invalid JSON ({e})") from None
