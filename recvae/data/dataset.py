@@ -163,7 +163,7 @@ class Dataset:
             raise RecvaeError(f"{mpath}: invalid JSON ({e})") from None
         if manifest.get("format") != FORMAT_VERSION:
             raise RecvaeError(
-                f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}; re-run ingest"
+                f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}; re-ingest"
             )
 
         def csr(name: str) -> sp.csr_matrix:

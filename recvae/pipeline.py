@@ -1,0 +1,240 @@
+"""The batch pipeline: ingest → for each model: train → evaluate → top-k file → MLflow.
+
+One MLflow parent run per pipeline and one child run per model. A failure in one model is
+reported and the others still run; the exit status says whether all succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recvae.config import ModelConfig, PipelineConfig, build_model, to_dict
+from recvae.data.dataset import Dataset
+from recvae.data.ingest import ingest
+from recvae.errors import RecvaeError
+from recvae.evaluation import evaluate
+from recvae.models.base import Callback, EpochReport, Recommender
+from recvae.recommend import write_recommendations
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("test/recall_at_20", "test/recall_at_50", "test/ndcg_at_100")
+
+
+@dataclass
+class ModelOutcome:
+    """What happened to one model of a pipeline."""
+
+    run_name: str
+    model: str
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    fit_seconds: float | None = None
+    score_seconds: float | None = None
+    model_dir: str | None = None
+    topk_path: str | None = None
+    run_id: str | None = None
+    error: str | None = None
+
+
+def print_epoch(run_name: str, stream: Any = None) -> Callback:
+    """A callback printing one line per epoch: loss, β, validation NDCG@100, seconds."""
+
+    def on_epoch(report: EpochReport) -> None:
+        m = report.metrics
+        parts = [f"[{run_name}] epoch {report.epoch:3d}"]
+        for key, label in (
+            ("train/loss", "loss"), ("train/beta", "β"), ("val/ndcg_at_100", "val NDCG@100"),
+            ("epoch_seconds", "s"), ("fit_seconds", "fit s"),
+        ):
+            if key in m:
+                parts.append(f"{label} {m[key]:.4f}" if label != "s" else f"{m[key]:.1f}s")
+        if report.is_best:
+            parts.append("*best")
+        print("  ".join(parts), file=stream or sys.stdout, flush=True)
+
+    return on_epoch
+
+
+def _fit(model: Recommender, dataset: Dataset, callbacks: list[Callback], show_progress: bool,
+         checkpoint_dir: Path | None, resume: bool) -> None:
+    kwargs: dict[str, Any] = {"callbacks": callbacks, "show_progress": show_progress}
+    accepted = inspect.signature(model.fit).parameters
+    if checkpoint_dir is not None and "checkpoint_dir" in accepted:
+        kwargs["checkpoint_dir"] = checkpoint_dir
+        kwargs["resume"] = resume
+    elif resume:
+        raise RecvaeError(f"{model.name}: --resume needs a model that trains in epochs")
+    model.fit(dataset, **kwargs)
+
+
+def train_and_evaluate(
+    mc: ModelConfig,
+    dataset: Dataset,
+    *,
+    output_dir: Path,
+    device: str | None,
+    ks: Sequence[int],
+    eval_batch_size: int,
+    recommend: Any | None,
+    tracker: Any | None,
+    register: bool = False,
+    log_model: bool = True,
+    show_progress: bool = True,
+    resume: bool = False,
+    config: dict[str, Any] | None = None,
+) -> ModelOutcome:
+    """Train one model, evaluate it on validation and test, write its top-k file, log it all."""
+    model = build_model(mc, device=device, where=f"model {mc.run_name!r}")
+    params = {"model": {"name": mc.model, **model.params()}, **(config or {})}
+    run_ctx = (
+        tracker.start_model(mc.run_name, params=params, config=params, device=device)
+        if tracker is not None else contextlib.nullcontext(None)
+    )
+    out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
+    with run_ctx as run:
+        out.run_id = run.info.run_id if run is not None else None
+        callbacks = [print_epoch(mc.run_name)]
+        if tracker is not None:
+            callbacks.append(tracker.epoch_callback())
+        t0 = time.perf_counter()
+        _fit(model, dataset, callbacks, show_progress,
+             output_dir / "checkpoints" / mc.run_name, resume)
+        out.fit_seconds = time.perf_counter() - t0
+        model_dir = model.save(output_dir / "models" / mc.run_name)
+        out.model_dir = str(model_dir)
+
+        t1 = time.perf_counter()
+        val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size)
+        test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size)
+        out.score_seconds = time.perf_counter() - t1
+        out.metrics = {**val.as_metrics("val"), **test.as_metrics("test")}
+        if tracker is not None:
+            tracker.log_final(out.metrics)
+            tracker.log_timings(fit_seconds=out.fit_seconds, score_seconds=out.score_seconds)
+
+        if recommend is not None and recommend.enabled:
+            suffix = "csv" if recommend.format == "csv" else "parquet"
+            path = write_recommendations(
+                model, dataset, output_dir / "recommendations" / f"{mc.run_name}.{suffix}",
+                k=recommend.k, users=recommend.users, format=recommend.format,
+                batch_size=recommend.batch_size, show_progress=show_progress,
+            )
+            out.topk_path = str(path)
+            if tracker is not None:
+                tracker.log_topk(path)
+        if tracker is not None and log_model:
+            tracker.log_model(
+                model, dataset,
+                registered_model_name=f"recvae-{mc.run_name}" if register else None,
+            )
+    out.ok = True
+    return out
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    only: Sequence[str] | None = None,
+    track: bool = True,
+    show_progress: bool = True,
+    force_ingest: bool = False,
+    tracker_factory: Callable[..., Any] | None = None,
+) -> list[ModelOutcome]:
+    """Run ``cfg`` end to end; returns one outcome per model (failures included)."""
+    models = list(cfg.models)
+    if only:
+        known = {m.run_name for m in models}
+        missing = [name for name in only if name not in known]
+        if missing:
+            raise RecvaeError(
+                f"--models: {missing[0]!r} is not in {cfg.source_file}; expected one of {', '.join(known)}"
+            )
+        models = [m for m in models if m.run_name in only]
+
+    tracker = None
+    if track:  # connect first: an unreachable server fails now, not after an hour of training
+        from recvae.tracking import Tracker
+
+        tracker = (tracker_factory or Tracker)(cfg.tracking.uri, cfg.tracking.experiment)
+
+    t0 = time.perf_counter()
+    dataset, reused = ingest(cfg.data, force=force_ingest)
+    print(
+        f"dataset {cfg.data.out_dir} ({'reused' if reused else 'built'} in "
+        f"{time.perf_counter() - t0:.1f}s): {format_summary(dataset.summary(), one_line=True)}",
+        flush=True,
+    )
+    output_dir = Path(cfg.output_dir)
+    resolved = to_dict(cfg)
+    common = {"data": resolved["data"], "evaluation": resolved["evaluation"]}
+    outcomes: list[ModelOutcome] = []
+    parent = (
+        tracker.start_pipeline(
+            cfg.name, dataset=dataset, dataset_source=cfg.data.path, config=resolved,
+            device=cfg.device, description=f"recvae pipeline {cfg.name}",
+        )
+        if tracker is not None else contextlib.nullcontext()
+    )
+    with parent:
+        for mc in models:
+            print(f"── {mc.run_name} ({mc.model})", flush=True)
+            try:
+                outcome = train_and_evaluate(
+                    mc, dataset, output_dir=output_dir, device=cfg.device,
+                    ks=cfg.evaluation.ks, eval_batch_size=cfg.evaluation.batch_size,
+                    recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
+                    log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
+                )
+            except Exception as e:  # one model's failure must not stop the others
+                detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
+                print(f"[{mc.run_name}] FAILED: {detail}", file=sys.stderr, flush=True)
+                if not isinstance(e, RecvaeError):
+                    log.debug("".join(traceback.format_exception(e)))
+                outcome = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False, error=detail)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:
+    """Dataset counts, one per line (like Table 1 of Liang et al.) or on one line."""
+    if one_line:
+        return (
+            f"{summary['users']} users, {summary['items']} items, {summary['interactions']} "
+            f"interactions, {summary['protocol']} generalization"
+        )
+    width = max(len(k) for k in summary)
+    lines = []
+    for k, v in summary.items():
+        text = f"{v:.6f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v))
+        lines.append(f"{k:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUMMARY_METRICS) -> str:
+    """model × metrics (+ fit seconds) as a fixed-width table; failed models say so."""
+    names = [m.split("/", 1)[1] for m in metrics]
+    header = ["model", *names, "fit_s", "status"]
+    rows = []
+    for o in outcomes:
+        vals = [f"{o.metrics[m]:.4f}" if m in o.metrics else "-" for m in metrics]
+        fit = f"{o.fit_seconds:.1f}" if o.fit_seconds is not None else "-"
+        rows.append([o.run_name, *vals, fit, "ok" if o.ok else "FAILED"])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
+
+
+__all__ = [
+    "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
+    "train_and_evaluate",
+]
