@@ -100,6 +100,8 @@ def train_and_evaluate(
         tracker.start_model(mc.run_name, params=params, config=params, device=device)
         if tracker is not None else contextlib.nullcontext(None)
     )
+    from recvae.tracking import registered_model_name
+
     out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
     with run_ctx as run:
         out.run_id = run.info.run_id if run is not None else None
@@ -135,7 +137,7 @@ def train_and_evaluate(
         if tracker is not None and log_model:
             tracker.log_model(
                 model, dataset,
-                registered_model_name=f"recvae-{mc.run_name}" if register else None,
+                registered_model_name=registered_model_name(dataset, mc.run_name) if register else None,
             )
     out.ok = True
     return out
