@@ -32,6 +32,13 @@ def _value(text: str) -> Any:
         return text
 
 
+def _number(text: str, flag: str = "--threshold") -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise RecvaeError(f"{flag} {text!r}: expected a number, or 'none' to keep everything") from None
+
+
 def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or ():
@@ -66,11 +73,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if args.out:
             data = replace(data, out=args.out)
     else:
+        if args.set:
+            raise RecvaeError("ingest: --set overrides keys of a --config file; give --config too")
         if not args.source or not args.path:
             raise RecvaeError("ingest: give --config FILE, or --source and --path")
         if args.source not in SOURCES:
             raise RecvaeError(f"--source {args.source!r}: expected one of {', '.join(SOURCES)}")
-        threshold = None if str(args.threshold).lower() in ("none", "null") else float(args.threshold)
+        threshold = None if str(args.threshold).lower() in ("none", "null") else _number(args.threshold)
         data = DataConfig(
             source=args.source,
             path=args.path,

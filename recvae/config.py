@@ -175,6 +175,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} at {where}")
 
 
+class _File(str):
+    """The file name at the root of a key path: its keys follow after ': ' (``FILE: data.path``)."""
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}: {name}" if isinstance(where, _File) else f"{where}.{name}"
+
+
 def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -186,7 +194,7 @@ def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in mapping:
-            kwargs[name] = _convert(mapping[name], hints[name], f"{where}.{name}")
+            kwargs[name] = _convert(mapping[name], hints[name], _key(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise RecvaeError(f"{where}: missing required key {name!r}")
     return cls(**kwargs)
@@ -196,7 +204,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
     """Build and validate a :class:`PipelineConfig` from a parsed YAML mapping."""
     if not isinstance(raw, dict):
         raise RecvaeError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    cfg: PipelineConfig = _build(PipelineConfig, raw, source)
+    cfg: PipelineConfig = _build(PipelineConfig, raw, _File(source))
     cfg.source_file = source
     validate(cfg, source)
     return cfg
@@ -225,6 +233,8 @@ def _set_dotted(raw: Any, key: str, value: Any, source: str) -> None:
         if not isinstance(node, dict):
             raise RecvaeError(f"{source}: cannot override {key!r}")
         node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+        raise RecvaeError(f"{source}: cannot override {key!r}: {'.'.join(parts[:-1])} is not a mapping")
     node[parts[-1]] = value
 
 
@@ -245,7 +255,7 @@ def validate(cfg: PipelineConfig, source: str) -> None:
         )
     if not cfg.models:
         raise RecvaeError(f"{source}: models: the list is empty; name at least one model")
-    if any(k <= 0 for k in cfg.evaluation.ks):
+    if not cfg.evaluation.ks or any(k <= 0 for k in cfg.evaluation.ks):
         raise RecvaeError(f"{source}: evaluation.ks: expected positive integers, got {cfg.evaluation.ks}")
     if cfg.recommend.format not in ("parquet", "csv"):
         raise RecvaeError(

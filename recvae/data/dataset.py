@@ -165,6 +165,12 @@ class Dataset:
             raise RecvaeError(
                 f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}; re-ingest"
             )
+        files = ["train.npz", "train_users.npy", "users.parquet", "items.parquet"] + [
+            f"{name}_{kind}" for name in PART_NAMES for kind in ("fold_in.npz", "holdout.npz", "users.npy")
+        ]
+        missing = [f for f in files if not (root / f).is_file()]
+        if missing:
+            raise RecvaeError(f"{root}: incomplete dataset, missing {', '.join(missing)}; re-ingest")
 
         def csr(name: str) -> sp.csr_matrix:
             return sp.load_npz(root / f"{name}.npz").tocsr().astype(np.float32)

@@ -39,7 +39,7 @@ def source_digest(path: str | Path) -> dict[str, str]:
         return {
             str(f.relative_to(p)): sha256_file(f) for f in sorted(p.rglob("*")) if f.is_file()
         }
-    raise RecvaeError(f"{p}: no such file or directory")
+    raise RecvaeError(f"{p}: no such file or folder; expected the raw log (data.path / --path)")
 
 
 def cache_key(data: DataConfig, digest: dict[str, str]) -> str:
@@ -94,8 +94,13 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
         except json.JSONDecodeError:
             cached = None
         if cached == key:
-            log.info("reusing %s (same source and parameters)", out)
-            return Dataset.load(out), True
+            try:
+                dataset = Dataset.load(out)
+            except RecvaeError as e:  # damaged since it was written: build it again
+                log.warning("rebuilding %s: %s", out, e)
+            else:
+                log.info("reusing %s (same source and parameters)", out)
+                return dataset, True
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
