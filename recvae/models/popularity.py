@@ -1,0 +1,77 @@
+"""Popularity: every user gets the same ranking, items ordered by how many training users have them.
+
+The floor every personalised model must clear.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from recvae.data.dataset import Dataset
+from recvae.errors import RecvaeError
+from recvae.models.base import Callback, EpochReport, Recommender
+
+
+def training_matrix(dataset: Dataset, model: str) -> sp.csr_matrix:
+    """``dataset.train`` as CSR, or a RecvaeError when it holds no interactions."""
+    train = dataset.train
+    if not sp.issparse(train):
+        raise RecvaeError(
+            f"{model}: expected the training matrix as scipy CSR, got {type(train).__name__}"
+        )
+    if train.shape[0] == 0 or train.shape[1] == 0 or train.nnz == 0:
+        raise RecvaeError(
+            f"{model}: the training matrix {train.shape[0]}x{train.shape[1]} has no interactions"
+        )
+    return train.tocsr()
+
+
+@dataclass
+class Popularity(Recommender):
+    """Scores each item by the number of training users who interacted with it.
+
+    ``counts_`` has shape (n_items,), float32; ``score`` repeats it for every row, whatever the
+    user's history (known items are masked by the evaluation, not here).
+
+    Example::
+
+        model = Popularity().fit(dataset)
+        scores = model.score(dataset.test.fold_in[:100])   # (100, n_items), identical rows
+    """
+
+    name: ClassVar[str] = "popularity"
+    counts_: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def fit(
+        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+    ) -> Popularity:
+        """Count the distinct training users per item."""
+        start = time.perf_counter()
+        train = training_matrix(dataset, self.name)
+        # distinct users, whatever the stored values (play counts, confidences)
+        self.counts_ = np.bincount(train.indices[train.data != 0], minlength=train.shape[1]).astype(
+            np.float32
+        )
+        self.item_ids_ = dataset.item_ids
+        report = EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start})
+        for callback in callbacks:
+            callback(report)
+        return self
+
+    def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:
+        assert self.counts_ is not None
+        return np.broadcast_to(self.counts_, (fold_in.shape[0], len(self.counts_))).copy()
+
+    def _save_state(self, path: Path) -> None:
+        assert self.counts_ is not None
+        np.save(path / "counts.npy", self.counts_)
+
+    def _load_state(self, path: Path) -> None:
+        self.counts_ = np.load(path / "counts.npy", allow_pickle=False)
