@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -382,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.debug:
+        # MLflow's own chatter (pickling notices, schema hints, download bars) buries the
+        # per-epoch lines users read; --debug shows it.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer", category=UserWarning)
     try:
         return int(args.func(args) or 0)
     except RecvaeError as e:

@@ -1,7 +1,7 @@
 """The MLflow UI shows a pipeline's runs: one child run per model, with test/ndcg_at_100.
 
-Builds a small store through ``recvae.tracking.Tracker`` (a parent run, a child run per model,
-on a tiny dataset), serves it with ``mlflow server`` and drives headless Chromium with Playwright.
+Builds the store with the real quickstart pipeline (``pipelines/quickstart.yaml``, every model,
+fewer epochs), serves it with ``mlflow server`` and drives headless Chromium with Playwright.
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``). Run alone with ``pytest -m ui``.
 """
 
@@ -19,64 +19,50 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_COPY = Path("/tmp/recvae_ui.png")
 METRIC = "test/ndcg_at_100"
-MODELS = ("popularity", "ease")
 
 pytestmark = pytest.mark.ui
 
 
-def _csr(rows: list[list[int]], n_items: int = 10) -> sp.csr_matrix:
-    m = sp.lil_matrix((len(rows), n_items), dtype=np.float32)
-    for r, items in enumerate(rows):
-        m[r, items] = 1.0
-    return m.tocsr()
+REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_dataset():  # noqa: ANN201 - imports stay inside so a skip costs nothing
-    from recvae.data.dataset import Dataset, Part
+def build_store(db: Path, work: Path) -> dict[str, object]:
+    """Run the real quickstart pipeline (fewer epochs) into ``db``: a parent run, a child per model."""
+    from mlflow.tracking import MlflowClient
 
-    return Dataset(
-        train=_csr([[0, 1, 2], [1, 2, 3, 4], [0, 1, 5, 6], [5, 6, 7], [2, 3, 8, 9]]),
-        train_users=np.arange(5),
-        validation=Part(fold_in=_csr([[0, 1, 7]]), holdout=_csr([[2]]), users=np.array([5])),
-        test=Part(
-            fold_in=_csr([[1, 2, 3], [5, 6]]), holdout=_csr([[4], [7]]), users=np.array([6, 7])
-        ),
-        user_ids=np.array([f"user-{i}" for i in range(8)], dtype=object),
-        item_ids=np.arange(500, 510),
-        manifest={"name": "tiny-ui", "protocol": "strong", "key": "tiny-ui-0001"},
+    from recvae.config import load_config
+    from recvae.pipeline import run_pipeline
+
+    cfg = load_config(
+        REPO / "pipelines" / "quickstart.yaml",
+        {
+            "data.path": str(REPO / "data" / "ml-latest-small.zip"),
+            "data.out": str(work / "data"),
+            "output_dir": str(work / "runs"),
+            "tracking.uri": f"sqlite:///{db}",
+            "recommend.k": 10,
+        },
     )
-
-
-def build_store(db: Path) -> dict[str, object]:
-    """A parent run with one child run per model, logged through the Tracker like a pipeline."""
-    from recvae.evaluation import evaluate
-    from recvae.models.base import EpochReport
-    from recvae.models.ease import EASE
-    from recvae.models.popularity import Popularity
-    from recvae.tracking import Tracker
-
-    ds = tiny_dataset()
-    tracker = Tracker(f"sqlite:///{db}")
-    children: dict[str, tuple[str, float]] = {}
-    with tracker.start_pipeline("ui-pipeline", dataset=ds, config={"models": list(MODELS)}) as run:
-        for name in MODELS:
-            model = Popularity() if name == "popularity" else EASE(l2=1.0)
-            with tracker.start_model(name, params={"model": model.params()}) as child:
-                callback = tracker.epoch_callback()
-                model.fit(ds, callbacks=[callback])
-                callback(EpochReport(1, {"train/loss": 1.0, "val/ndcg_at_100": 0.5}))
-                metrics = evaluate(model.score, ds.test, ks=(20, 100)).as_metrics("test")
-                tracker.log_final(metrics)
-                children[name] = (child.info.run_id, metrics[METRIC])
-    return {"experiment_id": run.info.experiment_id, "parent": run.info.run_id,
-            "children": children}
+    for m in cfg.models:  # same models and pipeline, shorter training
+        if "epochs" in m.params:
+            m.params["epochs"] = 2
+        if "iterations" in m.params:
+            m.params["iterations"] = 5
+    outcomes = run_pipeline(cfg, show_progress=False)
+    assert all(o.ok for o in outcomes), [(o.run_name, o.error) for o in outcomes]
+    children = {o.run_name: (o.run_id, o.metrics[METRIC]) for o in outcomes}
+    first = MlflowClient(f"sqlite:///{db}").get_run(outcomes[0].run_id)
+    return {
+        "experiment_id": first.info.experiment_id,
+        "parent": first.data.tags["mlflow.parentRunId"],
+        "parent_name": cfg.name,
+        "children": children,
+    }
 
 
 def free_port() -> int:
@@ -136,7 +122,7 @@ def served_store(tmp_path: Path) -> Iterator[tuple[str, dict[str, object]]]:
                 env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
         url = f"http://127.0.0.1:{port}"
-        info = build_store(db)  # while the server boots (~20 s): it only reads at start-up
+        info = build_store(db, tmp_path)  # while the server boots (~20 s): it only reads at start-up
         wait_until_up(url, proc, log)
         yield url, info
     finally:
@@ -160,15 +146,16 @@ def test_runs_page_shows_one_run_per_model_with_ndcg(
             page = browser.new_page(viewport={"width": 1920, "height": 900})
             page.set_default_timeout(30_000)
             page.goto(f"{url}/#/experiments/{info['experiment_id']}/runs")
-            parent = page.locator("[role=row]", has_text="ui-pipeline").first
+            parent = page.locator("[role=row]", has_text=str(info["parent_name"])).first
             parent.wait_for()
             # child runs sit collapsed under their parent: expand it
             parent.locator("button[data-component-id*='runnamecellrenderer']").click()
-            for name in MODELS:  # exactly one run per model, nested under the pipeline run
+            models = list(info["children"])
+            for name in models:  # exactly one run per model, nested under the pipeline run
                 link = page.get_by_role("link", name=name, exact=True)
                 link.wait_for()
                 assert link.count() == 1, name
-            page.get_by_text(f"{len(MODELS) + 1} matching runs").wait_for()
+            page.get_by_text(f"{len(models) + 1} matching runs").wait_for()
 
             # metric columns are opt-in in MLflow 3: add test/ndcg_at_100 from "Columns"
             page.get_by_role("button", name="Columns").click()
