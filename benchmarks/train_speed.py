@@ -1,0 +1,350 @@
+"""Seconds per training epoch of Mult-VAE and Mult-DAE against this machine's compute floor.
+
+The floor (DESIGN.md §3) is the decoder's dense work: 6·n_train_users·hidden·n_items flops per
+epoch (one GEMM forward, two backward) divided by the float32 GEMM rate measured in the same
+run on decoder-shaped products (500×600 @ 600×n_items and the layouts the backward uses, best of
+several repetitions, before and after training). The ratio epoch_seconds / floor is printed for
+hidden = 600 (the issue's floor, the Mult-VAE decoder) and for the model's own decoder input
+(600 for Mult-VAE, 200 for Mult-DAE), with the peak resident memory of the training process.
+
+Each model trains in a fresh subprocess so its peak RSS is its own. Data: a synthetic
+ML-20M-shaped matrix (116,677 training users × 20,108 items, ~8M interactions, power-law users
+and items, plus 10,000 validation users) built directly as CSR, and ml-latest-small.
+
+    python benchmarks/train_speed.py                       # 1 epoch at full scale + ml-latest-small
+    python benchmarks/train_speed.py --scale 0.1 --epochs 2 --json speed.json
+    python benchmarks/train_speed.py --data runs/data/ml-20m   # any `recvae ingest` directory
+    python benchmarks/train_speed.py --compare-first-layer     # embedding_bag vs sparse.mm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recvae.data.dataset import Dataset, Part
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import write_json  # noqa: E402  (machine description + JSON output)
+
+ML20M_TRAIN_USERS, ML20M_ITEMS, ML20M_TRAIN_NNZ, ML20M_HELDOUT = 116_677, 20_108, 8_000_000, 10_000
+REPO = Path(__file__).resolve().parents[1]
+SMALL_ZIP = REPO / "data" / "ml-latest-small.zip"
+HIDDEN = {"mult-vae": 600, "mult-dae": 200}  # input size of each decoder's output layer
+
+
+# --------------------------------------------------------------------------- data
+
+
+def power_law_rows(n_users: int, n_items: int, nnz: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """Binary CSR with ~``nnz`` entries: Pareto user activity (≥ 5), Zipf item popularity."""
+    weights = 1.0 / np.arange(1, n_items + 1) ** 1.05
+    cdf = np.cumsum(weights[rng.permutation(n_items)])
+    cdf /= cdf[-1]
+    activity = rng.pareto(1.3, n_users) + 1.0
+    draws = nnz
+    for _ in range(4):  # popular items repeat within a user: draw more until ~nnz remain
+        lengths = 5 + np.floor(activity / activity.sum() * max(draws - 5 * n_users, 0)).astype(
+            np.int64
+        )
+        lengths = np.minimum(lengths, n_items)
+        users = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+        items = np.searchsorted(cdf, rng.random(len(users)), side="right").clip(max=n_items - 1)
+        keys = np.unique(users * n_items + items)
+        if len(keys) >= 0.995 * nnz:
+            break
+        draws = int(draws * nnz / len(keys))
+    m = sp.csr_matrix(
+        (np.ones(len(keys), np.float32), (keys // n_items, keys % n_items)),
+        shape=(n_users, n_items),
+    )
+    return m
+
+
+def ml20m_like(scale: float, seed: int = 0) -> Dataset:
+    """ML-20M's training shape (scaled in users and interactions) with 80/20 validation users."""
+    rng = np.random.default_rng(seed)
+    n_train = max(1, int(ML20M_TRAIN_USERS * scale))
+    n_val = max(1, int(ML20M_HELDOUT * scale))
+    per_user = ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS
+    rows = power_law_rows(
+        n_train + 2 * n_val, ML20M_ITEMS, int(per_user * (n_train + 2 * n_val)), rng
+    )
+    coo = rows[n_train:].tocoo()
+    held = rng.random(coo.nnz) < 0.2
+
+    def part(lo: int, hi: int) -> Part:
+        keep = (coo.row >= lo) & (coo.row < hi)
+
+        def csr(mask: np.ndarray) -> sp.csr_matrix:
+            return sp.csr_matrix(
+                (coo.data[mask], (coo.row[mask] - lo, coo.col[mask])), shape=(hi - lo, ML20M_ITEMS)
+            )
+
+        return Part(csr(keep & ~held), csr(keep & held), np.arange(lo, hi))
+
+    return Dataset(
+        train=rows[:n_train],
+        train_users=np.arange(n_train),
+        validation=part(0, n_val),
+        test=part(n_val, 2 * n_val),
+        user_ids=np.arange(n_train + 2 * n_val),
+        item_ids=np.arange(ML20M_ITEMS),
+        manifest={"source": f"synthetic power-law, scale {scale}"},
+    )
+
+
+def ml_latest_small(path: Path) -> Dataset:
+    """ml-latest-small with the paper's preprocessing and a strong split of 50 + 50 users."""
+    from recvae.data.preprocess import preprocess
+    from recvae.data.sources import read_movielens
+    from recvae.data.split import strong_generalization
+
+    return strong_generalization(preprocess(read_movielens(path), threshold=3.5), 50)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def gemm_rates(n_items: int, reps: int = 7) -> dict[str, float]:
+    """Best-of-``reps`` float32 GFLOP/s of the decoder's products (batch 500, hidden 600)."""
+    g = torch.Generator().manual_seed(0)
+    b, h = 500, 600
+    a = torch.randn(b, h, generator=g)
+    w_hi = torch.randn(h, n_items, generator=g)  # the issue's 500×600 @ 600×I, contiguous
+    w_ih = torch.randn(n_items, h, generator=g)  # the model's layout (one row per item)
+    grad = torch.randn(b, n_items, generator=g)
+    out = torch.empty(b, n_items)
+    cases = {
+        "mm_500x600x20108": lambda: torch.mm(a, w_hi, out=out),
+        "decoder_forward": lambda: torch.mm(a, w_ih.t(), out=out),
+        "decoder_grad_input": lambda: torch.mm(grad, w_ih),
+        "decoder_grad_weight": lambda: torch.mm(grad.t(), a),
+    }
+    flops = 2.0 * b * h * n_items
+    rates = {}
+    for name, fn in cases.items():
+        fn()
+        best = min(_timed(fn) for _ in range(reps))
+        rates[name] = flops / best / 1e9
+    return rates
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process.
+
+    Linux's VmHWM belongs to the current address space; ``ru_maxrss`` would also count the
+    parent's memory at fork time (it survives exec), so it is only the fallback.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
+
+
+def compare_first_layer(reps: int = 10) -> dict[str, float]:
+    """Milliseconds per batch (forward + weight gradient) of the sparse first layer, two ways."""
+    import torch.nn.functional as F
+
+    from recvae.training import SparseRows
+
+    rng = np.random.default_rng(0)
+    x = power_law_rows(500, ML20M_ITEMS, int(500 * ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS), rng)
+    rows = SparseRows.from_csr(x)
+    w = torch.nn.Parameter(torch.randn(ML20M_ITEMS, 600) * 0.01)
+    g = torch.randn(500, 600)
+    csr = torch.sparse_csr_tensor(
+        torch.from_numpy(x.indptr.astype(np.int64)), rows.cols, rows.values, size=x.shape
+    )
+
+    def bag() -> None:
+        w.grad = None
+        out = F.embedding_bag(
+            rows.cols, w, rows.offsets, mode="sum", per_sample_weights=rows.values
+        )
+        out.backward(g)
+
+    def spmm() -> None:
+        w.grad = None
+        torch.sparse.mm(csr, w).backward(g)
+
+    out = {}
+    for name, fn in (("embedding_bag_ms", bag), ("sparse_mm_ms", spmm)):
+        fn()
+        out[name] = 1e3 * min(_timed(fn) for _ in range(reps))
+    return out
+
+
+def run_model(
+    model_name: str, data_dir: Path, epochs: int, device: str, threads: int | None
+) -> dict:
+    """Train one model on a saved dataset (in this process) and measure it."""
+    from recvae.models import model_class
+
+    ds = Dataset.load(data_dir)
+    n_users, n_items = ds.train.shape
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    before = gemm_rates(n_items)
+    load_before = os.getloadavg()[0]
+    reports: list[dict[str, float]] = []
+    model = model_class(model_name)(epochs=epochs, device=device, threads=threads)
+    model.fit(ds, callbacks=[lambda r: reports.append(r.metrics)])
+    after = gemm_rates(n_items)
+    rate = max(max(before.values()), max(after.values()))
+    epoch_s = min(r["epoch_seconds"] for r in reports)
+    flops_600 = 6.0 * n_users * 600 * n_items
+    flops_own = 6.0 * n_users * HIDDEN[model_name] * n_items
+    return {
+        "model": model_name,
+        "users": n_users,
+        "items": n_items,
+        "nnz": int(ds.train.nnz),
+        "epochs": epochs,
+        "epoch_seconds": epoch_s,
+        "epoch_seconds_all": [r["epoch_seconds"] for r in reports],
+        "val_seconds": min(r.get("val_seconds", 0.0) for r in reports),
+        "val_ndcg_at_100": reports[-1].get("val/ndcg_at_100"),
+        "gemm_gflops": rate,
+        "gemm_gflops_before": before,
+        "gemm_gflops_after": after,
+        "floor600_seconds": flops_600 / (rate * 1e9),
+        "ratio_to_floor600": epoch_s / (flops_600 / (rate * 1e9)),
+        "floor_own_seconds": flops_own / (rate * 1e9),
+        "ratio_to_floor_own": epoch_s / (flops_own / (rate * 1e9)),
+        "peak_rss_gb": peak_rss_gb(),
+        "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
+        "threads": torch.get_num_threads(),
+        "device": str(next(model.net_.parameters()).device),
+    }
+
+
+def in_subprocess(model_name: str, data_dir: Path, epochs: int, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        model_name,
+        "--worker-data",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--device",
+        args.device,
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{model_name} on {data_dir} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        f"{'dataset':<18} {'model':<9} {'users×items (nnz)':<27} {'epoch s':>8} {'val s':>6} "
+        f"{'GEMM GF/s':>9} {'floor600':>8} {'×floor600':>9} {'floor own':>9} {'×own':>6} "
+        f"{'peak RSS':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        shape = f"{r['users']}×{r['items']} ({r['nnz'] / 1e6:.2f}M)"
+        lines.append(
+            f"{r['dataset']:<18} {r['model']:<9} {shape:<27} {r['epoch_seconds']:8.2f} "
+            f"{r['val_seconds']:6.2f} {r['gemm_gflops']:9.1f} {r['floor600_seconds']:8.2f} "
+            f"{r['ratio_to_floor600']:9.2f} {r['floor_own_seconds']:9.2f} "
+            f"{r['ratio_to_floor_own']:6.2f} {r['peak_rss_gb']:6.2f}GB"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of ML-20M's users (1.0 = full)"
+    )
+    p.add_argument("--models", default="mult-vae,mult-dae")
+    p.add_argument(
+        "--data", type=Path, help="benchmark this dataset directory instead of synthetic"
+    )
+    p.add_argument("--small", type=Path, default=SMALL_ZIP, help="ml-latest-small zip ('' to skip)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--compare-first-layer", action="store_true")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-data", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(
+            json.dumps(
+                run_model(args.worker, args.worker_data, args.epochs, args.device, args.threads)
+            )
+        )
+        return
+    results: dict[str, Any] = {"benchmark": "train_speed", "runs": []}
+    if args.compare_first_layer:
+        results["first_layer"] = compare_first_layer()
+        print(
+            "first layer, ms per ML-20M-shaped batch (forward + weight grad):",
+            results["first_layer"],
+        )
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    with tempfile.TemporaryDirectory(prefix="recvae-speed-") as tmp:
+        datasets: list[tuple[str, Path]] = []
+        if args.data:
+            datasets.append((args.data.name, args.data))
+        else:
+            t = time.perf_counter()
+            Dataset.save(ml20m_like(args.scale), Path(tmp) / "ml20m-like")
+            elapsed = time.perf_counter() - t
+            print(f"synthetic ML-20M-shaped data (scale {args.scale}) built in {elapsed:.1f}s")
+            datasets.append((f"ml20m-like x{args.scale:g}", Path(tmp) / "ml20m-like"))
+        if args.small and Path(args.small).is_file():
+            ml_latest_small(args.small).save(Path(tmp) / "ml-latest-small")
+            datasets.append(("ml-latest-small", Path(tmp) / "ml-latest-small"))
+        for label, path in datasets:
+            # Small data: several epochs, so that the minimum excludes one-time start-up costs.
+            epochs = max(args.epochs, 5) if label == "ml-latest-small" else args.epochs
+            for model in models:
+                row = {"dataset": label, **in_subprocess(model, path, epochs, args)}
+                results["runs"].append(row)
+                print(table([row]).splitlines()[-1], flush=True)
+    print()
+    print(table(results["runs"]))
+    print(
+        "floor = 6·users·hidden·items / GEMM rate (best decoder-shaped float32 GEMM measured "
+        "before/after training in the same process); epoch s excludes validation (val s)."
+    )
+    write_json(str(args.json) if args.json else None, results)
+
+
+if __name__ == "__main__":
+    main()
