@@ -287,6 +287,10 @@ def test_divergence_raises_and_keeps_the_last_good_checkpoint(
         vae(epochs=3).fit(dataset, checkpoint_dir=tmp_path)
     assert "\n" not in str(info.value)
     assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    # A fresh run diverging at once leaves the older run's checkpoint alone and says so.
+    with pytest.raises(RecvaeError, match=r"epoch 1.*no checkpoint of this run"):
+        vae(epochs=3, lr=2e-3).fit(dataset, checkpoint_dir=tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
 
 
 def test_progress_bar_runs(dataset: Dataset, capsys) -> None:
