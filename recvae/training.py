@@ -151,10 +151,10 @@ def reuse_freed_memory() -> Iterator[None]:
 
     glibc serves blocks over 32 MB with fresh ``mmap`` pages and unmaps them on free, so each
     training step would fault in, zero and unmap its B×n_items logits and its n_items×600
-    gradients again: measured at 4–5× the cost of writing the same memory. Serving them from a
-    heap that is not trimmed makes a step reuse the previous step's pages (PyTorch's CPU
-    allocator has no cache; jemalloc/tcmalloc via LD_PRELOAD achieve the same). The settings are
-    restored and the heap trimmed afterwards.
+    gradients again (~33k page faults per Mult-VAE step on ML-20M, 12 % of the step time).
+    Serving them from a heap that is not trimmed lets a step reuse the previous step's pages
+    (PyTorch's CPU allocator has no cache; jemalloc/tcmalloc via LD_PRELOAD do the same). The
+    settings are restored and the heap trimmed afterwards.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -164,7 +164,7 @@ def reuse_freed_memory() -> Iterator[None]:
         return
     m_trim_threshold, m_mmap_max = -1, -4
     libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 1 << 40)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # a C int: trim only past 2 GB free
     try:
         yield
     finally:
