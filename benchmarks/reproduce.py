@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         model.fit(ds, show_progress=args.progress, checkpoint_dir=ckpt, resume=ckpt is not None)
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
-        test = evaluate(model.score, ds.test, ks=(20, 50, 100), batch_size=model.eval_batch_size)
+        test = evaluate(
+            model.score, ds.test, ks=(20, 50, 100), batch_size=model.eval_batch_size, inplace=True
+        )
         score_s = time.perf_counter() - t
         best = model.history_[model.best_epoch_ - 1] if model.best_epoch_ else {}
         results["models"][name] = {

@@ -182,7 +182,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model_dir)
     dataset = Dataset.load(args.data)
     model.check_items(dataset.item_ids, what=str(args.data))
-    result = evaluate(model.score, dataset.part(args.split), args.k, batch_size=args.batch_size)
+    result = evaluate(
+        model.score, dataset.part(args.split), args.k, batch_size=args.batch_size, inplace=True
+    )
     if args.json:
         print(json.dumps(result.as_metrics(args.split), indent=2))
     else:
@@ -248,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = run_pipeline(cfg, only=only, track=not args.no_track, show_progress=not args.quiet,
                             force_ingest=args.force_ingest)
     print()
-    print(results_table(outcomes))
+    print(results_table(outcomes, [f"test/{m}" for m in cfg.evaluation.table_metrics()]))
     print("(recall_at_k = hits / min(k, |held-out|), Liang et al.; recall_full_at_k = hits / "
           "|held-out| is logged too)")
     print(f"\nmodels:          {Path(cfg.output_dir) / 'models'}")

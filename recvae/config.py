@@ -85,6 +85,16 @@ class ModelConfig:
 class EvaluationConfig:
     ks: list[int] = field(default_factory=lambda: [20, 50, 100])
     batch_size: int = 1000
+    # test metrics of the final comparison table, e.g. recall_full_at_20 for Gowalla's protocol;
+    # null: recall at the two smallest ks and NDCG at the largest (the paper's R@20, R@50, N@100)
+    table: list[str] | None = None
+
+    def table_metrics(self) -> list[str]:
+        """The metric names of the comparison table."""
+        if self.table:
+            return list(self.table)
+        ks = sorted(set(self.ks))
+        return [*(f"recall_at_{k}" for k in ks[:2]), f"ndcg_at_{ks[-1]}"]
 
 
 @dataclass
@@ -113,6 +123,10 @@ class PipelineConfig:
     name: str = "pipeline"
     output_dir: str = "runs"
     device: str = "auto"  # passed to models that take a device
+    # after model selection on validation, retrain on training + validation interactions (the
+    # selected epoch count for models that train in epochs); test metrics, top-k files and the
+    # logged model then come from the refitted model
+    refit: bool = False
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -257,6 +271,15 @@ def validate(cfg: PipelineConfig, source: str) -> None:
         raise RecvaeError(f"{source}: models: the list is empty; name at least one model")
     if not cfg.evaluation.ks or any(k <= 0 for k in cfg.evaluation.ks):
         raise RecvaeError(f"{source}: evaluation.ks: expected positive integers, got {cfg.evaluation.ks}")
+    from recvae.evaluation import METRICS
+
+    known = [f"{m}_at_{k}" for k in cfg.evaluation.ks for m in METRICS]
+    for name in cfg.evaluation.table or []:
+        if name not in known:
+            raise RecvaeError(
+                f"{source}: evaluation.table: {name!r} is not computed; expected one of "
+                f"{', '.join(known)} (metric_at_k for k in evaluation.ks)"
+            )
     if cfg.recommend.format not in ("parquet", "csv"):
         raise RecvaeError(
             f"{source}: recommend.format: expected parquet or csv, got {cfg.recommend.format!r}"

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from recvae.batching import csr_to_torch_dense, row_batches
+from recvae.batching import row_batches
 from recvae.data.dataset import Part
 from recvae.errors import RecvaeError
 
@@ -33,14 +33,15 @@ METRICS = ("recall", "recall_full", "ndcg", "precision", "hit_rate", "mrr")
 
 
 def topk_masked(
-    scores: torch.Tensor, fold_in: sp.csr_matrix | None, k: int
+    scores: torch.Tensor, fold_in: sp.csr_matrix | None, k: int, *, inplace: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per row after setting each row's fold-in items to -inf.
 
     ``scores`` is (n_rows, n_items); ``fold_in`` is CSR of the same shape (or None: no masking).
     Returns ``(indices, values)``, both (n_rows, min(k, n_items)), sorted by score descending.
     Rows with fewer than k unmasked items get -inf tail entries; callers that must not emit them
-    drop entries whose value is -inf. ``scores`` is not modified. Works on CPU and CUDA.
+    drop entries whose value is -inf. ``scores`` is not modified unless ``inplace`` (which saves
+    a copy of the whole score matrix). Works on CPU and CUDA.
 
     Raises RecvaeError if an unmasked score is NaN (typically a diverged model).
 
@@ -62,7 +63,8 @@ def topk_masked(
             )
         rows = np.repeat(np.arange(fold_in.shape[0]), np.diff(fold_in.indptr))
         keep = fold_in.data != 0  # explicit zeros are not interactions
-        scores = scores.clone()
+        if not inplace:
+            scores = scores.clone()
         if keep.any():
             r = torch.as_tensor(rows[keep], device=scores.device)
             c = torch.as_tensor(fold_in.indices[keep].astype(np.int64), device=scores.device)
@@ -152,13 +154,15 @@ def evaluate(
     *,
     batch_size: int = 1000,
     show_progress: bool = False,
+    inplace: bool = False,
 ) -> EvaluationResult:
     """Rank all items for the users of ``part`` and measure how well the held-out items are found.
 
     ``score_fn`` maps a CSR batch of fold-in rows (batch, n_items) to scores of the same shape
     (numpy or torch, any device); it runs under ``torch.no_grad()``. Only users with at least one
     held-out item are scored; fold-in items are masked before ranking. Raises RecvaeError if no
-    user of the part has a target.
+    user of the part has a target. ``inplace``: ``score_fn`` returns a new array on each call,
+    which may be overwritten (saves copying each batch's scores; true of ``Recommender.score``).
 
     Example::
 
@@ -204,7 +208,7 @@ def evaluate(
             best_rank = torch.full((n_items,), never, dtype=torch.int64, device=scores.device)
             ranks = torch.arange(1, k_max + 1, device=scores.device)
         scores = scores.to(discount.device)
-        values, (idx, val) = _metrics(scores, batch_in, holdout[sl], ks, discount)
+        values, (idx, val) = _metrics(scores, batch_in, holdout[sl], ks, discount, inplace)
         for name, v in values.items():
             parts.setdefault(name, []).append(v)
         # -inf entries were never recommended: give them a rank beyond every k.
@@ -232,20 +236,24 @@ def _metrics(
     holdout: sp.csr_matrix,
     ks: tuple[int, ...],
     discount: torch.Tensor,
+    inplace: bool = False,
 ) -> tuple[dict[str, np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
-    """Per-user metrics of the rows with targets, and those rows' top-max(ks) (indices, values)."""
+    """Per-user metrics of the rows with targets, and those rows' top-max(ks) (indices, values).
+
+    ``inplace``: ``scores`` may be overwritten (fold-in items set to -inf).
+    """
     k_max = discount.shape[0]
     n_pos_np = _row_counts(holdout)
     keep = n_pos_np > 0
     if not keep.all():  # drop rows without targets before the expensive part
         rows = np.flatnonzero(keep)
-        scores = scores[torch.as_tensor(rows, device=scores.device)]
+        scores = scores[torch.as_tensor(rows, device=scores.device)]  # a copy: ours to overwrite
         fold_in, holdout, n_pos_np = fold_in[rows], holdout[rows], n_pos_np[rows]
+        inplace = True
     n_pos = torch.as_tensor(n_pos_np, dtype=torch.float64, device=scores.device)
-    idx, val = topk_masked(scores, fold_in, k_max)
-    truth = csr_to_torch_dense(holdout, device=scores.device)
+    idx, val = topk_masked(scores, fold_in, k_max, inplace=inplace)
     # A -inf entry is a masked (or unrankable) item, never a recommendation.
-    hits = ((truth.gather(1, idx) != 0) & (val != -math.inf)).double()
+    hits = (_in_rows(holdout, idx) & (val != -math.inf)).double()
     ranks = torch.arange(1, k_max + 1, dtype=torch.float64, device=scores.device)
     cum_hits = hits.cumsum(dim=1)
     cum_dcg = (hits * discount).cumsum(dim=1)
@@ -266,6 +274,24 @@ def _metrics(
         out[f"mrr_at_{k}"] = cum_rr[:, col]
     ordered = {f"{m}_at_{k}": out[f"{m}_at_{k}"].cpu().numpy() for m in METRICS for k in ks}
     return ordered, (idx, val)
+
+
+def _in_rows(m: sp.csr_matrix, idx: torch.Tensor) -> torch.Tensor:
+    """(n_rows, k) bool: whether item ``idx[r, j]`` is a non-zero of row r of ``m``.
+
+    A binary search of the top-k entries among the sorted (row, item) keys of ``m``: costs
+    O(n_rows·k·log nnz) where densifying ``m`` to gather from it would touch n_rows × n_items.
+    """
+    m = m if m.has_sorted_indices else m.sorted_indices()
+    n_rows, n_items = m.shape
+    nz = m.data != 0  # explicit zeros are not targets
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(m.indptr))
+    keys = torch.as_tensor(rows[nz] * n_items + m.indices[nz].astype(np.int64), device=idx.device)
+    if keys.numel() == 0:
+        return torch.zeros(idx.shape, dtype=torch.bool, device=idx.device)
+    query = torch.arange(n_rows, device=idx.device).unsqueeze(1) * n_items + idx
+    pos = torch.searchsorted(keys, query.reshape(-1)).clamp_(max=keys.numel() - 1)
+    return (keys[pos] == query.reshape(-1)).reshape(idx.shape)
 
 
 def _discount(k_max: int, device: torch.device | str) -> torch.Tensor:

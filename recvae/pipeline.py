@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class ModelOutcome:
     topk_path: str | None = None
     run_id: str | None = None
     error: str | None = None
+    refit_seconds: float | None = None
+    refit_epochs: int | None = None  # epochs of the refit, for models that train in epochs
 
 
 def print_epoch(run_name: str, stream: Any = None) -> Callback:
@@ -58,7 +60,7 @@ def print_epoch(run_name: str, stream: Any = None) -> Callback:
         ):
             if key in m:
                 parts.append(f"{label} {m[key]:.4f}" if label != "s" else f"{m[key]:.1f}s")
-        if report.is_best:
+        if report.is_best and "val/ndcg_at_100" in m:  # without validation every epoch is "best"
             parts.append("*best")
         print("  ".join(parts), file=stream or sys.stdout, flush=True)
 
@@ -77,6 +79,28 @@ def _fit(model: Recommender, dataset: Dataset, callbacks: list[Callback], show_p
     model.fit(dataset, **kwargs)
 
 
+def _refit(
+    model: Recommender, mc: ModelConfig, dataset: Dataset, *, device: str | None,
+    show_progress: bool, checkpoint_dir: Path, resume: bool,
+) -> tuple[Recommender, int | None]:
+    """A fresh model of ``mc`` fitted on training + validation; returns it and its epoch count.
+
+    A model that selected its best epoch on validation (``best_epoch_``) is refitted for exactly
+    that many epochs, without early stopping: there is no validation left to stop on.
+    """
+    params = dict(mc.params)
+    epochs = getattr(model, "best_epoch_", None)
+    if epochs is not None:
+        params.update(epochs=int(epochs), patience=None)
+    refit_mc = replace(mc, params=params)
+    fresh = build_model(refit_mc, device=device, where=f"model {mc.run_name!r} (refit)")
+    print(f"[{mc.run_name}] refit on training + validation"
+          + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
+    _fit(fresh, dataset.for_refit(), [print_epoch(f"{mc.run_name} refit")], show_progress,
+         checkpoint_dir, resume)
+    return fresh, epochs
+
+
 def train_and_evaluate(
     mc: ModelConfig,
     dataset: Dataset,
@@ -91,11 +115,17 @@ def train_and_evaluate(
     log_model: bool = True,
     show_progress: bool = True,
     resume: bool = False,
+    refit: bool = False,
     config: dict[str, Any] | None = None,
 ) -> ModelOutcome:
-    """Train one model, evaluate it on validation and test, write its top-k file, log it all."""
+    """Train one model, evaluate it on validation and test, write its top-k file, log it all.
+
+    With ``refit``, the validation metrics come from the model fitted on ``dataset.train``; the
+    model is then refitted on :meth:`Dataset.for_refit` (for the selected number of epochs where
+    it trains in epochs) and the test metrics, top-k file, saved and logged model come from it.
+    """
     model = build_model(mc, device=device, where=f"model {mc.run_name!r}")
-    params = {"model": {"name": mc.model, **model.params()}, **(config or {})}
+    params = {"model": {"name": mc.model, **model.params()}, "refit": refit, **(config or {})}
     run_ctx = (
         tracker.start_model(mc.run_name, params=params, config=params, device=device)
         if tracker is not None else contextlib.nullcontext(None)
@@ -112,17 +142,31 @@ def train_and_evaluate(
         _fit(model, dataset, callbacks, show_progress,
              output_dir / "checkpoints" / mc.run_name, resume)
         out.fit_seconds = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
+        out.score_seconds = time.perf_counter() - t1
+        if refit:
+            model, out.refit_epochs = _refit(
+                model, mc, dataset, device=device, show_progress=show_progress,
+                checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
+            )
+            out.refit_seconds = time.perf_counter() - t1 - out.score_seconds
         model_dir = model.save(output_dir / "models" / mc.run_name)
         out.model_dir = str(model_dir)
 
-        t1 = time.perf_counter()
-        val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size)
-        test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size)
-        out.score_seconds = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size, inplace=True)
+        out.score_seconds += time.perf_counter() - t2
         out.metrics = {**val.as_metrics("val"), **test.as_metrics("test")}
         if tracker is not None:
             tracker.log_final(out.metrics)
-            tracker.log_timings(fit_seconds=out.fit_seconds, score_seconds=out.score_seconds)
+            tracker.log_timings(
+                fit_seconds=out.fit_seconds, score_seconds=out.score_seconds,
+                refit_seconds=out.refit_seconds,
+            )
+            if out.refit_epochs is not None:
+                tracker.log_final({"refit/epochs": float(out.refit_epochs)})
 
         if recommend is not None and recommend.enabled:
             suffix = "csv" if recommend.format == "csv" else "parquet"
@@ -196,6 +240,7 @@ def run_pipeline(
                     ks=cfg.evaluation.ks, eval_batch_size=cfg.evaluation.batch_size,
                     recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
+                    refit=cfg.refit,
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"

@@ -332,10 +332,14 @@ class Tracker:
             mlflow.log_metrics(values, step=step)
 
     def log_timings(
-        self, *, fit_seconds: float | None = None, score_seconds: float | None = None
+        self, *, fit_seconds: float | None = None, score_seconds: float | None = None,
+        refit_seconds: float | None = None,
     ) -> None:
-        """``time/fit_seconds`` and ``time/score_seconds``."""
-        values = {"time/fit_seconds": fit_seconds, "time/score_seconds": score_seconds}
+        """``time/fit_seconds``, ``time/score_seconds`` and (after a refit) ``time/refit_seconds``."""
+        values = {
+            "time/fit_seconds": fit_seconds, "time/score_seconds": score_seconds,
+            "time/refit_seconds": refit_seconds,
+        }
         self.log_final({k: v for k, v in values.items() if v is not None})
 
     def log_dataset(

@@ -419,7 +419,8 @@ def validation_metrics(
     """Validation metrics (:data:`VALIDATION_METRICS`) of ``net`` on ``part``, in eval mode."""
     net.eval()
     result = evaluate(
-        lambda m: net(SparseRows.from_csr(m, device)), part, ks=(20, 50, 100), batch_size=batch_size
+        lambda m: net(SparseRows.from_csr(m, device)), part, ks=(20, 50, 100), batch_size=batch_size,
+        inplace=True,
     )
     return {k: result.means[k] for k in VALIDATION_METRICS}
 

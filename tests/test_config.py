@@ -248,3 +248,18 @@ def test_build_model() -> None:
 def test_parse_config_source_label() -> None:
     with raises_one_line("^<config>: missing required key 'models'"):
         parse_config({"data": MINIMAL["data"]})
+
+
+def test_table_names_a_metric_that_is_not_computed(tmp_path) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    from recvae.config import load_config
+    from recvae.errors import RecvaeError
+
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(RecvaeError, match=r"evaluation.table: 'ndcg_at_10' is not computed"):
+        load_config(repo / "pipelines" / "quickstart.yaml", {"evaluation.table": ["ndcg_at_10"]})
+    cfg = load_config(repo / "pipelines" / "gowalla.yaml")
+    assert cfg.refit is True and cfg.evaluation.table_metrics()[0] == "recall_full_at_20"
+    small = load_config(repo / "pipelines" / "quickstart.yaml", {"evaluation.ks": [10, 5]})
+    assert small.evaluation.table_metrics() == ["recall_at_5", "recall_at_10", "ndcg_at_10"]

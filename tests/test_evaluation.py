@@ -362,3 +362,30 @@ def test_cuda_matches_cpu():
         np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-12)
     idx, _ = topk_masked(scores.cuda(), fold_in, 10)
     assert idx.device.type == "cuda"
+
+
+def test_holdout_with_unsorted_indices_and_explicit_zeros():
+    # Row 0 targets items 3 and 1 (stored out of order) plus an explicit zero at item 0.
+    # Row 1 targets item 4.
+    holdout = sp.csr_matrix(
+        (np.array([1.0, 0.0, 1.0, 1.0], np.float32), np.array([3, 0, 1, 4]), np.array([0, 3, 4])),
+        shape=(2, 5),
+    )
+    assert not holdout.has_sorted_indices
+    fold_in = csr([[2], []], 5)
+    scores = np.tile(SCORES, (2, 1))
+    expected, _ = brute_force(scores, fold_in, holdout, [1, 2, 5])
+    got = metrics_batch(scores, fold_in, holdout, [1, 2, 5])
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=0, err_msg=name)
+    # item 0 ranks first for both users but is no target of user 0: precision@1 is 0 for both
+    np.testing.assert_array_equal(got["precision_at_1"], [0.0, 0.0])
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_inplace_only_overwrites_scores_when_asked(inplace: bool):
+    stored = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]])
+    part = Part(fold_in=csr([[0]], 5), holdout=csr([[1]], 5), users=np.array([0]))
+    result = evaluate(lambda m: stored, part, ks=(1,), inplace=inplace)
+    assert result.means["recall_at_1"] == 1.0
+    assert (stored[0, 0].item() == -math.inf) is inplace

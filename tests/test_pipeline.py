@@ -70,3 +70,32 @@ def test_models_subset_and_unknown_name(tmp_path: Path) -> None:
 
     with pytest.raises(RecvaeError, match="'ease' is not in"):
         run_pipeline(cfg, only=["ease"], track=False, show_progress=False)
+
+
+def test_refit_retrains_on_validation_for_the_selected_epochs(tmp_path: Path, monkeypatch) -> None:
+    from recvae.models.vae import MultDAE
+
+    fits: list[tuple[int, int, int]] = []  # (training nnz, epochs, validation targets)
+    real_fit = MultDAE.fit
+
+    def spy(self, dataset, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        fits.append((dataset.train.nnz, self.epochs, dataset.validation.holdout.nnz))
+        return real_fit(self, dataset, **kwargs)
+
+    monkeypatch.setattr(MultDAE, "fit", spy)
+    cfg = _config(tmp_path, "mult-dae")
+    cfg.models[0].params.update(epochs=4, batch_size=100)
+    cfg.refit = True
+    outcome, = run_pipeline(cfg, track=False, show_progress=False)
+    assert outcome.ok, outcome.error
+    from recvae.data.dataset import Dataset
+
+    ds = Dataset.load(tmp_path / "data")
+    v = ds.validation
+    assert fits[0] == (ds.train.nnz, 4, v.holdout.nnz)
+    assert fits[1] == (ds.train.nnz + v.fold_in.nnz + v.holdout.nnz, outcome.refit_epochs, 0)
+    assert 1 <= outcome.refit_epochs <= 4
+    saved = MultDAE.load(outcome.model_dir)
+    assert saved.epochs == saved.best_epoch_ == outcome.refit_epochs  # no validation: the last
+    assert outcome.metrics["test/ndcg_at_100"] > 0 and "val/ndcg_at_100" in outcome.metrics
+    assert outcome.refit_seconds is not None and outcome.refit_seconds > 0

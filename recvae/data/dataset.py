@@ -95,8 +95,32 @@ class Dataset:
 
         This is what production recommendations are computed from.
         """
+        return self._union(self.validation, self.test)
+
+    def for_refit(self) -> Dataset:
+        """This split with every validation interaction moved into training and no validation targets.
+
+        After model selection on the validation part, a model refitted on this dataset has seen
+        everything except the test targets; ``test`` is unchanged. Weak splits: each training
+        row gains its validation items; strong splits: the validation users become training users.
+        """
+        users, train = self._union(self.validation)
+        empty = sp.csr_matrix((0, self.n_items), dtype=np.float32)
+        return Dataset(
+            train=train,
+            train_users=users,
+            validation=Part(fold_in=empty, holdout=empty.copy(), users=np.zeros(0, dtype=np.int64)),
+            test=self.test,
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+            manifest={**self.manifest, "refit": True},
+        )
+
+    def _union(self, *parts: Part) -> tuple[np.ndarray, sp.csr_matrix]:
+        """(user indices, binary CSR) of the training rows plus the fold-in and holdout of ``parts``,
+        one row per user that has any of them."""
         mats = [(self.train_users, self.train)]
-        for p in (self.validation, self.test):
+        for p in parts:
             mats += [(p.users, p.fold_in), (p.users, p.holdout)]
         rows = np.concatenate([np.repeat(u, np.diff(m.indptr)) for u, m in mats])
         cols = np.concatenate([m.indices for _, m in mats])

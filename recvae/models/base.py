@@ -85,6 +85,7 @@ class Recommender(ABC):
         ``fold_in`` is CSR of shape (n_rows, n_items) over the training item vocabulary; users
         need not have been seen in training (autoencoders score new users from their history).
         Callers batch the rows (see ``recvae.batching.row_batches``); known items are not masked.
+        Each call returns a new array, which the caller owns and may overwrite.
         """
         self._check_fitted()
         if not sp.issparse(fold_in):

@@ -211,3 +211,26 @@ def test_part_lookup(strong: Dataset) -> None:
     assert strong.part("test") is strong.test
     with pytest.raises(RecvaeError, match="unknown split part 'train'"):
         strong.part("train")
+
+
+@pytest.mark.parametrize("kind", ["strong", "weak"])
+def test_for_refit_moves_validation_into_training(kind: str, request: pytest.FixtureRequest) -> None:
+    ds: Dataset = request.getfixturevalue(kind)
+
+    def pairs(users: np.ndarray, m: sp.csr_matrix) -> set[tuple[int, int]]:
+        rows, cols = m.nonzero()
+        return set(zip(users[rows].tolist(), cols.tolist(), strict=True))
+
+    refit = ds.for_refit()
+    v = ds.validation
+    expected = pairs(ds.train_users, ds.train) | pairs(v.users, v.fold_in) | pairs(v.users, v.holdout)
+    assert pairs(refit.train_users, refit.train) == expected
+    assert refit.train.nnz == len(expected) and (refit.train.data == 1.0).all()
+    assert not pairs(refit.train_users, refit.train) & pairs(ds.test.users, ds.test.holdout)
+    assert refit.validation.n_users == 0 and refit.validation.holdout.nnz == 0
+    assert refit.test is ds.test and refit.manifest["refit"] is True
+    assert refit.protocol == ds.protocol
+    if kind == "weak":  # the refit training rows are the test fold-in: the whole known history
+        assert pairs(refit.train_users, refit.train) == pairs(ds.test.users, ds.test.fold_in)
+    else:  # the validation users join the training users
+        assert len(refit.train_users) == len(ds.train_users) + v.n_users
