@@ -58,7 +58,8 @@ def iter_topk(
     for rows in batches:
         fold_in = history[rows]
         scores = torch.from_numpy(model.score(fold_in))
-        idx, val = topk_masked(scores, fold_in if exclude_seen else None, k)
+        # model.score returns a new array: mask it in place rather than copying it
+        idx, val = topk_masked(scores, fold_in if exclude_seen else None, k, inplace=True)
         idx, val = idx.numpy(), val.numpy()
         # -inf marks a slot left over when fewer than k items are unseen
         keep = np.isfinite(val)

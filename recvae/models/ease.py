@@ -24,8 +24,7 @@ from scipy.linalg import lapack
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.models.base import Callback, EpochReport, Recommender
-from recvae.models.popularity import training_matrix
+from recvae.models.base import Callback, EpochReport, Recommender, training_matrix
 
 DTYPES = ("float64", "float32")
 BLOCK = 2048  # rows per block of the Gram product and of the in-place passes

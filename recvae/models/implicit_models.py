@@ -27,8 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.models.base import Callback, EpochReport, Recommender
-from recvae.models.popularity import training_matrix
+from recvae.models.base import Callback, EpochReport, Recommender, training_matrix
 
 SIMILARITIES = ("cosine", "bm25")
 

@@ -15,22 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recvae.data.dataset import Dataset
-from recvae.errors import RecvaeError
-from recvae.models.base import Callback, EpochReport, Recommender
-
-
-def training_matrix(dataset: Dataset, model: str) -> sp.csr_matrix:
-    """``dataset.train`` as CSR, or a RecvaeError when it holds no interactions."""
-    train = dataset.train
-    if not sp.issparse(train):
-        raise RecvaeError(
-            f"{model}: expected the training matrix as scipy CSR, got {type(train).__name__}"
-        )
-    if train.shape[0] == 0 or train.shape[1] == 0 or train.nnz == 0:
-        raise RecvaeError(
-            f"{model}: the training matrix {train.shape[0]}x{train.shape[1]} has no interactions"
-        )
-    return train.tocsr()
+from recvae.models.base import Callback, EpochReport, Recommender, training_matrix
 
 
 @dataclass
