@@ -248,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"models: {', '.join(names)}")
         return 0
     outcomes = run_pipeline(cfg, only=only, track=not args.no_track, show_progress=not args.quiet,
-                            force_ingest=args.force_ingest)
+                            force_ingest=args.force_ingest, resume=args.resume)
     print()
     print(results_table(outcomes, [f"test/{m}" for m in cfg.evaluation.table_metrics()]))
     print("(recall_at_k = hits / min(k, |held-out|), Liang et al.; recall_full_at_k = hits / "
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. data.path=/data/gowalla")
     s.add_argument("--no-track", action="store_true")
     s.add_argument("--force-ingest", action="store_true")
+    s.add_argument("--resume", action="store_true",
+                   help="models that train in epochs continue from their checkpoints")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_run)
 

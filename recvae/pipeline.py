@@ -68,13 +68,18 @@ def print_epoch(run_name: str, stream: Any = None) -> Callback:
 
 
 def _fit(model: Recommender, dataset: Dataset, callbacks: list[Callback], show_progress: bool,
-         checkpoint_dir: Path | None, resume: bool) -> None:
+         checkpoint_dir: Path | None, resume: bool, *, strict_resume: bool = True) -> None:
+    """``model.fit`` with checkpoints where the model takes them; ``resume`` continues from one.
+
+    ``strict_resume``: asking to resume a model without checkpoints is an error (``recvae
+    train --resume``) rather than a plain fit (a resumed pipeline refits such models).
+    """
     kwargs: dict[str, Any] = {"callbacks": callbacks, "show_progress": show_progress}
     accepted = inspect.signature(model.fit).parameters
     if checkpoint_dir is not None and "checkpoint_dir" in accepted:
         kwargs["checkpoint_dir"] = checkpoint_dir
         kwargs["resume"] = resume
-    elif resume:
+    elif resume and strict_resume:
         raise RecvaeError(f"{model.name}: --resume needs a model that trains in epochs")
     model.fit(dataset, **kwargs)
 
@@ -97,7 +102,7 @@ def _refit(
     print(f"[{mc.run_name}] refit on training + validation"
           + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
     _fit(fresh, dataset.for_refit(), [print_epoch(f"{mc.run_name} refit")], show_progress,
-         checkpoint_dir, resume)
+         checkpoint_dir, resume, strict_resume=False)
     return fresh, epochs
 
 
@@ -115,6 +120,7 @@ def train_and_evaluate(
     log_model: bool = True,
     show_progress: bool = True,
     resume: bool = False,
+    strict_resume: bool = True,
     refit: bool = False,
     config: dict[str, Any] | None = None,
 ) -> ModelOutcome:
@@ -140,7 +146,7 @@ def train_and_evaluate(
             callbacks.append(tracker.epoch_callback())
         t0 = time.perf_counter()
         _fit(model, dataset, callbacks, show_progress,
-             output_dir / "checkpoints" / mc.run_name, resume)
+             output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume)
         out.fit_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -195,8 +201,13 @@ def run_pipeline(
     show_progress: bool = True,
     force_ingest: bool = False,
     tracker_factory: Callable[..., Any] | None = None,
+    resume: bool = False,
 ) -> list[ModelOutcome]:
-    """Run ``cfg`` end to end; returns one outcome per model (failures included)."""
+    """Run ``cfg`` end to end; returns one outcome per model (failures included).
+
+    ``resume``: models that train in epochs continue from their checkpoint under
+    ``output_dir/checkpoints`` where one exists (after a crash or a kill); the others are refitted.
+    """
     models = list(cfg.models)
     if only:
         known = {m.run_name for m in models}
@@ -240,7 +251,7 @@ def run_pipeline(
                     ks=cfg.evaluation.ks, eval_batch_size=cfg.evaluation.batch_size,
                     recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
-                    refit=cfg.refit,
+                    refit=cfg.refit, resume=resume, strict_resume=False,
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"

@@ -99,3 +99,17 @@ def test_refit_retrains_on_validation_for_the_selected_epochs(tmp_path: Path, mo
     assert saved.epochs == saved.best_epoch_ == outcome.refit_epochs  # no validation: the last
     assert outcome.metrics["test/ndcg_at_100"] > 0 and "val/ndcg_at_100" in outcome.metrics
     assert outcome.refit_seconds is not None and outcome.refit_seconds > 0
+
+
+def test_resumed_pipeline_continues_from_checkpoints(tmp_path: Path, capsys) -> None:
+    cfg = _config(tmp_path, "mult-dae,popularity")
+    cfg.models[0].params.update(epochs=3, batch_size=100)
+    first = run_pipeline(cfg, track=False, show_progress=False)
+    assert [o.ok for o in first] == [True, True]
+    capsys.readouterr()
+    again = run_pipeline(cfg, track=False, show_progress=False, resume=True)
+    out = capsys.readouterr().out
+    assert [o.ok for o in again] == [True, True]  # popularity has no checkpoints: simply refitted
+    assert "[mult-dae] epoch" not in out  # all 3 epochs were in the checkpoint
+    for a, b in zip(first, again, strict=True):
+        assert a.metrics["test/ndcg_at_100"] == b.metrics["test/ndcg_at_100"], a.run_name
