@@ -5,9 +5,9 @@
 Memory is the whole story at scale: one dense n_items × n_items matrix is n_items² × 8 bytes in
 float64 (ML-20M, 20,108 items: 3.2 GB; Gowalla, 40,981 items: 13.4 GB), half that in float32.
 The fit holds exactly one such matrix: the Gram matrix is written block by block into it,
-Cholesky-inverted in place by LAPACK (``potrf``/``potri``), turned into B in place, and (float64)
-compacted in place into the float32 B kept for scoring. Peak ≈ n_items² × 8 bytes (float64) or
-× 4 bytes (float32), plus block-sized temporaries.
+Cholesky-inverted in place by LAPACK (``potrf``/``potri`` through torch), turned into B in
+place, and (float64) compacted in place into the float32 B kept for scoring. Peak ≈
+n_items² × 8 bytes (float64) or × 4 bytes (float32), plus block-sized temporaries.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import lapack
+import torch
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
@@ -114,25 +114,24 @@ def gram(x: sp.csr_matrix, dtype: np.dtype) -> np.ndarray:
 
 
 def invert_spd_lower(a: np.ndarray, l2: float) -> None:
-    """Overwrite the lower triangle (row ≥ col) of the symmetric positive definite C-ordered ``a``
-    with that of ``a⁻¹``; the strict upper triangle is left as garbage.
+    """Overwrite the symmetric positive definite C-ordered ``a`` with ``a⁻¹``, in place.
 
-    LAPACK is column-major: ``a.T`` is the same buffer seen in Fortran order, and since ``a`` is
-    symmetric, factorizing its "upper" triangle is factorizing ``a`` itself, with no copy.
+    LAPACK (``potrf`` then ``potri``, MKL through torch) is column-major: ``a.mT`` is the same
+    buffer seen in column-major order and, ``a`` being symmetric, the same matrix, so both steps
+    run on ``a``'s own memory with ``out=`` and no copy. scipy's bundled OpenBLAS (32-bit LAPACK
+    build) is not used: its ``spotrf`` crashed the process (SIGSEGV) on Gowalla's 40,981 items.
     """
-    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
-    fa = a.T
-    c, info = potrf(fa, lower=False, clean=False, overwrite_a=True)
-    if info > 0:
+    t = torch.from_numpy(a).mT
+    info = torch.zeros((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(t, out=(t, info))
+    if int(info) > 0:
         raise RecvaeError(
             f"ease: XᵀX + l2·I is not positive definite (l2={l2}); items without interactions "
             "need l2 > 0"
         )
-    if info < 0 or not np.shares_memory(c, a):
-        raise RuntimeError(f"ease: LAPACK potrf failed in place (info={info})")
-    c, info = potri(c, lower=False, overwrite_c=True)
-    if info != 0 or not np.shares_memory(c, a):
-        raise RuntimeError(f"ease: LAPACK potri failed in place (info={info})")
+    torch.cholesky_inverse(t, out=t)
+    if t.data_ptr() != a.ctypes.data:  # torch wrote elsewhere: ``a`` would not hold the inverse
+        raise RuntimeError("ease: the in-place Cholesky inverse did not write into its input")
 
 
 def weights_from_inverse(a: np.ndarray) -> None:
