@@ -145,6 +145,19 @@ def test_ease_blocked_in_place_solve(monkeypatch, block, dtype):
     assert np.all(np.diag(b) == 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ease_inverse_overwrites_its_input(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.random((80, 40))
+    a = (x.T @ x + 2.0 * np.eye(40)).astype(dtype)
+    expected = np.linalg.inv(a.astype(np.float64))
+    before = a.ctypes.data
+    ease_module.invert_spd_lower(a, 2.0)
+    assert a.ctypes.data == before and a.flags.c_contiguous
+    lower = np.tril_indices(40)
+    np.testing.assert_allclose(a[lower], expected[lower], rtol=1e-3 if dtype == np.float32 else 1e-9)
+
+
 def test_ease_float32_agrees_with_float64():
     ds = random_dataset(n_users=300, n_items=60, seed=1)
     b64 = EASE(l2=20.0).fit(ds).B_
