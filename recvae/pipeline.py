@@ -85,16 +85,15 @@ def _fit(model: Recommender, dataset: Dataset, callbacks: list[Callback], show_p
 
 
 def _refit(
-    model: Recommender, mc: ModelConfig, dataset: Dataset, *, device: str | None,
+    epochs: int | None, mc: ModelConfig, dataset: Dataset, *, device: str | None,
     show_progress: bool, checkpoint_dir: Path, resume: bool,
-) -> tuple[Recommender, int | None]:
-    """A fresh model of ``mc`` fitted on training + validation; returns it and its epoch count.
+) -> Recommender:
+    """A fresh model of ``mc`` fitted on training + validation.
 
-    A model that selected its best epoch on validation (``best_epoch_``) is refitted for exactly
-    that many epochs, without early stopping: there is no validation left to stop on.
+    ``epochs``: the best epoch a model selected on validation (``best_epoch_``); it is refitted
+    for exactly that many epochs, without early stopping (there is no validation left to stop on).
     """
     params = dict(mc.params)
-    epochs = getattr(model, "best_epoch_", None)
     if epochs is not None:
         params.update(epochs=int(epochs), patience=None)
     refit_mc = replace(mc, params=params)
@@ -103,7 +102,7 @@ def _refit(
           + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
     _fit(fresh, dataset.for_refit(), [print_epoch(f"{mc.run_name} refit")], show_progress,
          checkpoint_dir, resume, strict_resume=False)
-    return fresh, epochs
+    return fresh
 
 
 def train_and_evaluate(
@@ -153,8 +152,11 @@ def train_and_evaluate(
         val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds = time.perf_counter() - t1
         if refit:
-            model, out.refit_epochs = _refit(
-                model, mc, dataset, device=device, show_progress=show_progress,
+            out.refit_epochs = getattr(model, "best_epoch_", None)
+            # drop the selected model first: EASE's weights alone are n_items² floats
+            model = None  # type: ignore[assignment]
+            model = _refit(
+                out.refit_epochs, mc, dataset, device=device, show_progress=show_progress,
                 checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
             )
             out.refit_seconds = time.perf_counter() - t1 - out.score_seconds
