@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -174,3 +175,15 @@ def training_matrix(dataset: Dataset, model: str) -> sp.csr_matrix:
             f"{model}: the training matrix {train.shape[0]}x{train.shape[1]} has no interactions"
         )
     return train.tocsr()
+
+
+def report_all(callbacks: Sequence[Callback], report: EpochReport) -> None:
+    """Hand ``report`` to every callback."""
+    for callback in callbacks:
+        callback(report)
+
+
+def report_fit_seconds(callbacks: Sequence[Callback], start: float) -> None:
+    """For models fitted in one go: a single epoch-0 report of the seconds since ``start``
+    (a ``time.perf_counter()`` value)."""
+    report_all(callbacks, EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start}))

@@ -24,7 +24,7 @@ import torch
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.models.base import Callback, EpochReport, Recommender, training_matrix
+from recvae.models.base import Callback, Recommender, report_fit_seconds, training_matrix
 
 DTYPES = ("float64", "float32")
 BLOCK = 2048  # rows per block of the Gram product and of the in-place passes
@@ -65,9 +65,7 @@ class EASE(Recommender):
         self.B_ = None  # a refit must not hold the old n_items² matrix alongside the new one
         self.B_ = ease_weights(train, self.l2, np.dtype(self.dtype))
         self.item_ids_ = dataset.item_ids
-        report = EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start})
-        for callback in callbacks:
-            callback(report)
+        report_fit_seconds(callbacks, start)
         return self
 
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:

@@ -27,7 +27,14 @@ from threadpoolctl import threadpool_limits
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.models.base import Callback, EpochReport, Recommender, training_matrix
+from recvae.models.base import (
+    Callback,
+    EpochReport,
+    Recommender,
+    report_all,
+    report_fit_seconds,
+    training_matrix,
+)
 
 SIMILARITIES = ("cosine", "bm25")
 
@@ -67,11 +74,6 @@ def _check_gpu(model: str, use_gpu: bool) -> None:
 
     if use_gpu and not implicit.gpu.HAS_CUDA:
         raise RecvaeError(f"{model}: use_gpu=True but implicit was built without CUDA")
-
-
-def _report_all(callbacks: Sequence[Callback], report: EpochReport) -> None:
-    for callback in callbacks:
-        callback(report)
 
 
 @dataclass
@@ -180,7 +182,7 @@ class ALS(_FactorModel):
             metrics = {"epoch_seconds": float(seconds)}
             if loss is not None:
                 metrics["train/loss"] = float(loss)
-            _report_all(callbacks, EpochReport(epoch=epoch, metrics=metrics))
+            report_all(callbacks, EpochReport(epoch=epoch, metrics=metrics))
 
         return on_epoch
 
@@ -265,7 +267,7 @@ class BPR(_FactorModel):
             metrics = {"epoch_seconds": float(seconds), "train/skipped": skipped / samples}
             if samples > skipped:
                 metrics["train/auc"] = correct / (samples - skipped)
-            _report_all(callbacks, EpochReport(epoch=epoch, metrics=metrics))
+            report_all(callbacks, EpochReport(epoch=epoch, metrics=metrics))
 
         return on_epoch
 
@@ -342,9 +344,7 @@ class ItemKNN(Recommender):
             model.fit(train, show_progress=show_progress)
         self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
         self.item_ids_ = dataset.item_ids
-        _report_all(
-            callbacks, EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start})
-        )
+        report_fit_seconds(callbacks, start)
         return self
 
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:

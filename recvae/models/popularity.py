@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recvae.data.dataset import Dataset
-from recvae.models.base import Callback, EpochReport, Recommender, training_matrix
+from recvae.models.base import Callback, Recommender, report_fit_seconds, training_matrix
 
 
 @dataclass
@@ -45,9 +45,7 @@ class Popularity(Recommender):
             np.float32
         )
         self.item_ids_ = dataset.item_ids
-        report = EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start})
-        for callback in callbacks:
-            callback(report)
+        report_fit_seconds(callbacks, start)
         return self
 
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:

@@ -275,7 +275,21 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
 
 @dataclass
 class _Autoencoder(Recommender):
-    """fit / score / save / load shared by :class:`MultVAE` and :class:`MultDAE`."""
+    """fit / score / save / load and the hyper-parameters shared by :class:`MultVAE` and
+    :class:`MultDAE` (defaults: Mult-VAE's; documented there)."""
+
+    hidden_dims: tuple[int, ...] = (600,)
+    activation: str = "tanh"
+    dropout: float = 0.5
+    lr: float = 1e-3
+    batch_size: int = 500
+    epochs: int = 200
+    weight_decay: float = 0.0
+    seed: int = 98765
+    device: str = "auto"
+    patience: int | None = None
+    eval_batch_size: int = 2000
+    threads: int | None = None
 
     net_: nn.Module | None = field(default=None, init=False, repr=False)
     history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
@@ -292,11 +306,11 @@ class _Autoencoder(Recommender):
     # ---------------------------------------------------------------- validation
     def __post_init__(self) -> None:
         try:
-            dims = tuple(self.hidden_dims)  # type: ignore[attr-defined]
+            dims = tuple(self.hidden_dims)
         except TypeError:
             raise RecvaeError(
                 f"{self.name}: hidden_dims must be a list of positive integers, got "
-                f"{self.hidden_dims!r}"  # type: ignore[attr-defined]
+                f"{self.hidden_dims!r}"
             ) from None
         for d in dims:
             _check_int(self.name, "hidden_dims", d, minimum=1)
@@ -470,21 +484,9 @@ class MultVAE(_Autoencoder):
 
     name: ClassVar[str] = "mult-vae"
 
-    hidden_dims: tuple[int, ...] = (600,)
     latent_dim: int = 200
-    activation: str = "tanh"
-    dropout: float = 0.5
-    lr: float = 1e-3
-    batch_size: int = 500
-    epochs: int = 200
     anneal_cap: float = 0.2
     total_anneal_steps: int = 200_000
-    weight_decay: float = 0.0
-    seed: int = 98765
-    device: str = "auto"
-    patience: int | None = None
-    eval_batch_size: int = 2000
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -517,17 +519,7 @@ class MultDAE(_Autoencoder):
     name: ClassVar[str] = "mult-dae"
 
     hidden_dims: tuple[int, ...] = (200,)
-    activation: str = "tanh"
-    dropout: float = 0.5
-    lr: float = 1e-3
-    batch_size: int = 500
-    epochs: int = 200
     weight_decay: float = 0.01
-    seed: int = 98765
-    device: str = "auto"
-    patience: int | None = None
-    eval_batch_size: int = 2000
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
