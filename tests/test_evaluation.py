@@ -20,15 +20,11 @@ from recvae.evaluation import (
     metrics_batch,
     topk_masked,
 )
+from tests.helpers import rows_csr as csr
 
 L2, L3, L5, L6 = math.log2(2), math.log2(3), math.log2(5), math.log2(6)
 
 
-def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
-    """Binary CSR with the given item lists per row."""
-    r = [u for u, items in enumerate(rows) for _ in items]
-    c = [i for items in rows for i in items]
-    return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(len(rows), n_items))
 
 
 # ----------------------------------------------------------------------------- hand-made cases

@@ -15,6 +15,7 @@ from recvae.data.dataset import Dataset, Part
 from recvae.errors import RecvaeError
 from recvae.models.base import Recommender
 from recvae.recommend import recommend_topk, write_recommendations
+from tests.helpers import rows_csr
 
 N_ITEMS = 8
 ITEM_IDS = np.arange(100, 100 + N_ITEMS)
@@ -22,10 +23,7 @@ USER_IDS = np.array([f"u{i}" for i in range(6)], dtype=object)
 
 
 def _csr(rows: list[list[int]]) -> sp.csr_matrix:
-    m = sp.lil_matrix((len(rows), N_ITEMS), dtype=np.float32)
-    for r, items in enumerate(rows):
-        m[r, items] = 1.0
-    return m.tocsr()
+    return rows_csr(rows, N_ITEMS)
 
 
 def tiny_dataset() -> Dataset:

@@ -36,6 +36,7 @@ from recvae.tracking import (
     registered_model_name,
     resolve_tracking_uri,
 )
+from tests.helpers import rows_csr
 
 N_ITEMS = 10
 ITEM_IDS = np.arange(500, 500 + N_ITEMS)
@@ -43,10 +44,7 @@ MODELS = ("popularity", "ease")
 
 
 def _csr(rows: list[list[int]]) -> sp.csr_matrix:
-    m = sp.lil_matrix((len(rows), N_ITEMS), dtype=np.float32)
-    for r, items in enumerate(rows):
-        m[r, items] = 1.0
-    return m.tocsr()
+    return rows_csr(rows, N_ITEMS)
 
 
 def tiny_dataset() -> Dataset:

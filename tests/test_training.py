@@ -17,17 +17,11 @@ from recvae.evaluation import evaluate
 from recvae.models.base import EpochReport
 from recvae.models.vae import VAE, MultDAE, MultVAE
 from recvae.training import CHECKPOINT_FILE, SparseRows, epoch_seeds, kl_weight
+from tests.helpers import random_csr
 
 N_ITEMS = 50
 
 
-def random_csr(n_rows: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    m = sp.random(
-        n_rows, n_items, density=density, format="csr", random_state=rng, dtype=np.float32
-    )
-    m.data[:] = 1.0
-    return m
 
 
 @pytest.fixture(scope="module")

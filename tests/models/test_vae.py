@@ -15,17 +15,11 @@ from recvae.errors import RecvaeError
 from recvae.models import load_model, model_class
 from recvae.models.vae import DAE, VAE, MultDAE, MultVAE, SparseLinear, init_weights
 from recvae.training import SparseRows
+from tests.helpers import random_csr
 
 N_ITEMS = 60
 
 
-def random_csr(n_rows: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    m = sp.random(
-        n_rows, n_items, density=density, format="csr", random_state=rng, dtype=np.float32
-    )
-    m.data[:] = 1.0
-    return m
 
 
 def make_dataset(n_train: int = 120, n_items: int = N_ITEMS, seed: int = 0) -> Dataset:
