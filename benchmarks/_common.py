@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
+
 
 def peak_rss_gb() -> float:
     """Peak resident set size of this process so far, in GB (Linux reports KiB)."""
@@ -50,3 +53,28 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
     for c in cells:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def power_law_rows(n_users: int, n_items: int, nnz: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """Binary CSR with ~``nnz`` entries: Pareto user activity (≥ 5), Zipf item popularity."""
+    weights = 1.0 / np.arange(1, n_items + 1) ** 1.05
+    cdf = np.cumsum(weights[rng.permutation(n_items)])
+    cdf /= cdf[-1]
+    activity = rng.pareto(1.3, n_users) + 1.0
+    draws = nnz
+    for _ in range(4):  # popular items repeat within a user: draw more until ~nnz remain
+        lengths = 5 + np.floor(activity / activity.sum() * max(draws - 5 * n_users, 0)).astype(
+            np.int64
+        )
+        lengths = np.minimum(lengths, n_items)
+        users = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+        items = np.searchsorted(cdf, rng.random(len(users)), side="right").clip(max=n_items - 1)
+        keys = np.unique(users * n_items + items)
+        if len(keys) >= 0.995 * nnz:
+            break
+        draws = int(draws * nnz / len(keys))
+    m = sp.csr_matrix(
+        (np.ones(len(keys), np.float32), (keys // n_items, keys % n_items)),
+        shape=(n_users, n_items),
+    )
+    return m

@@ -24,37 +24,13 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_gb, write_json  # noqa: E402
+from _common import peak_rss_gb, power_law_rows, write_json  # noqa: E402
 
 from recvae.data.dataset import Dataset, Part  # noqa: E402
 from recvae.models.vae import MultVAE  # noqa: E402
 from recvae.recommend import write_recommendations  # noqa: E402
 
 ML20M_USERS, ML20M_ITEMS, ML20M_NNZ = 136_677, 20_108, 10_000_000
-
-
-def synthetic_history(n_users: int, n_items: int, nnz: int, seed: int = 0) -> sp.csr_matrix:
-    """Binary CSR with ~``nnz`` entries: Pareto user activity (≥ 5 items), Zipf item popularity."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, n_items + 1) ** 1.05
-    cdf = np.cumsum(weights[rng.permutation(n_items)])
-    cdf /= cdf[-1]
-    activity = rng.pareto(1.3, n_users) + 1.0
-    draws = nnz
-    for _ in range(4):  # popular items repeat within a user: draw more until ~nnz remain
-        extra = np.floor(activity / activity.sum() * max(draws - 5 * n_users, 0)).astype(np.int64)
-        lengths = np.minimum(5 + extra, n_items)
-        rows = np.repeat(np.arange(n_users, dtype=np.int32), lengths)
-        cols = np.searchsorted(cdf, rng.random(len(rows))).astype(np.int32).clip(max=n_items - 1)
-        m = sp.csr_matrix(
-            (np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items)
-        )
-        m.sum_duplicates()
-        if m.nnz >= 0.98 * nnz:
-            break
-        draws = int(draws * nnz / max(m.nnz, 1))
-    m.data[:] = 1.0
-    return m
 
 
 def in_memory_dataset(history: sp.csr_matrix) -> Dataset:
@@ -96,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     n_users, nnz = int(ML20M_USERS * args.scale), int(ML20M_NNZ * args.scale)
     t0 = time.perf_counter()
-    history = synthetic_history(n_users, ML20M_ITEMS, nnz)
+    history = power_law_rows(n_users, ML20M_ITEMS, nnz, np.random.default_rng(0))
     dataset = in_memory_dataset(history)
     model = untrained_vae(dataset.item_ids)
     setup_s = time.perf_counter() - t0

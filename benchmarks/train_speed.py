@@ -37,7 +37,7 @@ import torch
 from recvae.data.dataset import Dataset, Part
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_json  # noqa: E402  (machine description + JSON output)
+from _common import power_law_rows, write_json  # noqa: E402  (machine description, JSON, data)
 
 ML20M_TRAIN_USERS, ML20M_ITEMS, ML20M_TRAIN_NNZ, ML20M_HELDOUT = 116_677, 20_108, 8_000_000, 10_000
 REPO = Path(__file__).resolve().parents[1]
@@ -46,31 +46,6 @@ HIDDEN = {"mult-vae": 600, "mult-dae": 200}  # input size of each decoder's outp
 
 
 # --------------------------------------------------------------------------- data
-
-
-def power_law_rows(n_users: int, n_items: int, nnz: int, rng: np.random.Generator) -> sp.csr_matrix:
-    """Binary CSR with ~``nnz`` entries: Pareto user activity (≥ 5), Zipf item popularity."""
-    weights = 1.0 / np.arange(1, n_items + 1) ** 1.05
-    cdf = np.cumsum(weights[rng.permutation(n_items)])
-    cdf /= cdf[-1]
-    activity = rng.pareto(1.3, n_users) + 1.0
-    draws = nnz
-    for _ in range(4):  # popular items repeat within a user: draw more until ~nnz remain
-        lengths = 5 + np.floor(activity / activity.sum() * max(draws - 5 * n_users, 0)).astype(
-            np.int64
-        )
-        lengths = np.minimum(lengths, n_items)
-        users = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
-        items = np.searchsorted(cdf, rng.random(len(users)), side="right").clip(max=n_items - 1)
-        keys = np.unique(users * n_items + items)
-        if len(keys) >= 0.995 * nnz:
-            break
-        draws = int(draws * nnz / len(keys))
-    m = sp.csr_matrix(
-        (np.ones(len(keys), np.float32), (keys // n_items, keys % n_items)),
-        shape=(n_users, n_items),
-    )
-    return m
 
 
 def ml20m_like(scale: float, seed: int = 0) -> Dataset:
