@@ -469,7 +469,8 @@ class MultVAE(_Autoencoder):
     """Mult-VAE^PR (Liang et al. 2018): defaults are the paper's ML-20M settings.
 
     Architecture I-600-200-600-I with tanh: ``hidden_dims`` are the encoder's hidden sizes (the
-    decoder mirrors them), ``latent_dim`` the size of z. ``dropout`` is the input drop
+    decoder mirrors them; ``()`` gives I-200-I, Mult-DAE's shape with a latent z),
+    ``latent_dim`` the size of z. ``dropout`` is the input drop
     probability while training; β rises by 1/``total_anneal_steps`` per gradient step up to
     ``anneal_cap``. ``weight_decay`` λ adds (λ/batch_size)·Σ‖W‖² to the batch-mean loss (the
     paper's Mult-VAE uses 0). ``patience`` stops after that many epochs without a better

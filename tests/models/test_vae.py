@@ -111,6 +111,13 @@ def test_vae_layer_shapes_follow_the_paper() -> None:
     assert shapes["encoder.layers.0.weight"] == (400, 600)  # μ and log σ² side by side
     assert shapes["decoder.layers.0.weight"] == (600, 200)
     assert shapes["decoder.output.weight"] == (1000, 600)
+    shallow = VAE(1000, (), 200, "tanh", 0.5)  # hidden_dims=[]: I-200-I with a latent z
+    assert {k: tuple(v.shape) for k, v in shallow.state_dict().items()} == {
+        "encoder.input.weight": (1000, 400),
+        "encoder.input.bias": (400,),
+        "decoder.output.weight": (1000, 200),
+        "decoder.output.bias": (1000,),
+    }
     dae = DAE(1000, (200,), "tanh", 0.5)
     assert {k: tuple(v.shape) for k, v in dae.state_dict().items()} == {
         "encoder.input.weight": (1000, 200),
@@ -223,7 +230,12 @@ def test_evaluation_uses_the_mean_and_no_dropout() -> None:
 # --------------------------------------------------------------------------- fit / score / save
 
 
-@pytest.mark.parametrize("factory", [small_vae, small_dae])
+def shallow_vae(**kw) -> MultVAE:
+    """Mult-VAE with no hidden layer: I-[μ, log σ²]-I, the shape used on Gowalla."""
+    return small_vae(hidden_dims=(), **kw)
+
+
+@pytest.mark.parametrize("factory", [small_vae, small_dae, shallow_vae])
 def test_fit_score_save_load_gives_identical_scores(factory, dataset: Dataset, tmp_path) -> None:
     model = factory().fit(dataset)
     assert len(model.history_) == 2 and model.best_epoch_ in (1, 2)
