@@ -73,8 +73,7 @@ def power_law_rows(n_users: int, n_items: int, nnz: int, rng: np.random.Generato
         if len(keys) >= 0.995 * nnz:
             break
         draws = int(draws * nnz / len(keys))
-    m = sp.csr_matrix(
+    return sp.csr_matrix(
         (np.ones(len(keys), np.float32), (keys // n_items, keys % n_items)),
         shape=(n_users, n_items),
     )
-    return m

@@ -154,7 +154,7 @@ def train_and_evaluate(
         if refit:
             out.refit_epochs = getattr(model, "best_epoch_", None)
             # drop the selected model first: EASE's weights alone are n_items² floats
-            model = None  # type: ignore[assignment]
+            del model
             model = _refit(
                 out.refit_epochs, mc, dataset, device=device, show_progress=show_progress,
                 checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,

@@ -25,8 +25,6 @@ from tests.helpers import rows_csr as csr
 L2, L3, L5, L6 = math.log2(2), math.log2(3), math.log2(5), math.log2(6)
 
 
-
-
 # ----------------------------------------------------------------------------- hand-made cases
 
 # Ranking of the 5 items by score: 0, 1, 2, 3, 4.

@@ -106,7 +106,7 @@ def test_resumed_pipeline_continues_from_checkpoints(tmp_path: Path, capsys) -> 
     cfg.models[0].params.update(epochs=3, batch_size=100)
     first = run_pipeline(cfg, track=False, show_progress=False)
     assert [o.ok for o in first] == [True, True]
-    capsys.readouterr()
+    assert "[mult-dae] epoch   3" in capsys.readouterr().out  # epochs are printed when trained
     again = run_pipeline(cfg, track=False, show_progress=False, resume=True)
     out = capsys.readouterr().out
     assert [o.ok for o in again] == [True, True]  # popularity has no checkpoints: simply refitted

@@ -22,8 +22,6 @@ from tests.helpers import random_csr
 N_ITEMS = 50
 
 
-
-
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
     n_train = 100

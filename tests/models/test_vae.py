@@ -20,8 +20,6 @@ from tests.helpers import random_csr
 N_ITEMS = 60
 
 
-
-
 def make_dataset(n_train: int = 120, n_items: int = N_ITEMS, seed: int = 0) -> Dataset:
     train = random_csr(n_train, n_items, 0.15, seed)
     parts = [
