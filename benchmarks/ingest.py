@@ -22,7 +22,7 @@ from _common import peak_rss_gb, print_table, write_json  # noqa: E402
 CHILD = r"""
 import json, sys, time, resource
 t0 = time.perf_counter()
-from recvae.config import DataConfig, PreprocessConfig, SplitConfig
+from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
 from recvae.data.ingest import ingest
 data = DataConfig(source="movielens", path=sys.argv[1], out=sys.argv[2], name="ml-20m-synthetic",
                   preprocess=PreprocessConfig(threshold=3.5, min_item_users=0, min_user_items=5),

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_gb, power_law_rows, write_json  # noqa: E402
 
 from recvae.data.dataset import Dataset, Part  # noqa: E402
-from recvae.models.vae import MultVAE  # noqa: E402
+from recvae.models.autoencoders import MultVAE  # noqa: E402
 from recvae.recommend import write_recommendations  # noqa: E402
 
 ML20M_USERS, ML20M_ITEMS, ML20M_NNZ = 136_677, 20_108, 10_000_000

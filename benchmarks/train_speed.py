@@ -143,7 +143,7 @@ def compare_first_layer(reps: int = 10) -> dict[str, float]:
     """Milliseconds per batch (forward + weight gradient) of the sparse first layer, two ways."""
     import torch.nn.functional as F
 
-    from recvae.training import SparseRows
+    from recvae.models.autoencoders.nets import SparseRows
 
     rng = np.random.default_rng(0)
     x = power_law_rows(500, ML20M_ITEMS, int(500 * ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS), rng)

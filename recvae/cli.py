@@ -63,9 +63,10 @@ def _print_json_or_table(obj: dict[str, Any], as_json: bool) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from recvae.config import DataConfig, PreprocessConfig, SplitConfig, load_config
+    from recvae.config import load_config
     from recvae.data.ingest import ingest
     from recvae.data.sources import SOURCES
+    from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
 
     if args.config:
         data = load_config(args.config, _pairs(args.set, "--set")).data

@@ -16,56 +16,8 @@ from typing import Any
 
 import yaml
 
+from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig  # noqa: F401 - re-exported
 from recvae.errors import RecvaeError
-
-
-@dataclass
-class PreprocessConfig:
-    """Binarization and min-count filters (DESIGN.md §2)."""
-
-    threshold: float | None = 3.5  # keep value > threshold; null keeps every interaction
-    min_item_users: int = 0  # items with fewer users are dropped first
-    min_user_items: int = 5  # then users with fewer items
-    iterate: bool = False  # repeat both filters until stable (k-core)
-
-
-@dataclass
-class SplitConfig:
-    """How users / interactions are split (``recvae.data.split``)."""
-
-    method: str = "strong"  # strong | random | temporal | predefined
-    n_heldout_users: int | None = None  # strong: per part; null = 10 % of users, at most 10,000
-    test_prop: float = 0.2  # strong: fold-in holdout share; random: test share
-    validation_prop: float = 0.1  # weak splits: validation share carved from training rows
-    leave_last: int | None = None  # temporal: last k per user (default 1 when no cutoff)
-    cutoff: float | None = None  # temporal: epoch seconds
-    seed: int = 98765
-
-
-@dataclass
-class DataConfig:
-    """Where the log is, how to read it, and where the dataset goes."""
-
-    source: str
-    path: str
-    name: str | None = None  # defaults to the file name without suffixes
-    options: dict[str, Any] = field(default_factory=dict)  # reader options (e.g. column names)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    out: str | None = None  # dataset directory; defaults to runs/data/<name>
-
-    @property
-    def dataset_name(self) -> str:
-        if self.name:
-            return self.name
-        base = Path(self.path).name
-        for suffix in (".gz", ".zip", ".csv", ".tsv", ".txt", ".dat", ".parquet"):
-            base = base.removesuffix(suffix)
-        return base or "dataset"
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / "data" / self.dataset_name
 
 
 @dataclass

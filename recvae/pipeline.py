@@ -7,7 +7,6 @@ reported and the others still run; the exit status says whether all succeeded.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import sys
 import time
@@ -69,35 +68,27 @@ def print_epoch(run_name: str, stream: Any = None) -> Callback:
 
 def _fit(model: Recommender, dataset: Dataset, callbacks: list[Callback], show_progress: bool,
          checkpoint_dir: Path | None, resume: bool, *, strict_resume: bool = True) -> None:
-    """``model.fit`` with checkpoints where the model takes them; ``resume`` continues from one.
+    """``model.fit`` with checkpoints; ``resume`` continues from one.
 
-    ``strict_resume``: asking to resume a model without checkpoints is an error (``recvae
-    train --resume``) rather than a plain fit (a resumed pipeline refits such models).
+    ``strict_resume``: asking to resume a model that does not train in epochs is an error
+    (``recvae train --resume``) rather than a plain fit (a resumed pipeline refits such models).
     """
-    kwargs: dict[str, Any] = {"callbacks": callbacks, "show_progress": show_progress}
-    accepted = inspect.signature(model.fit).parameters
-    if checkpoint_dir is not None and "checkpoint_dir" in accepted:
-        kwargs["checkpoint_dir"] = checkpoint_dir
-        kwargs["resume"] = resume
-    elif resume and strict_resume:
+    if resume and strict_resume and not model.trains_in_epochs:
         raise RecvaeError(f"{model.name}: --resume needs a model that trains in epochs")
-    model.fit(dataset, **kwargs)
+    model.fit(dataset, callbacks=callbacks, show_progress=show_progress,
+              checkpoint_dir=checkpoint_dir, resume=resume)
 
 
 def _refit(
-    epochs: int | None, mc: ModelConfig, dataset: Dataset, *, device: str | None,
+    overrides: dict[str, Any], mc: ModelConfig, dataset: Dataset, *, device: str | None,
     show_progress: bool, checkpoint_dir: Path, resume: bool,
 ) -> Recommender:
-    """A fresh model of ``mc`` fitted on training + validation.
-
-    ``epochs``: the best epoch a model selected on validation (``best_epoch_``); it is refitted
-    for exactly that many epochs, without early stopping (there is no validation left to stop on).
-    """
-    params = dict(mc.params)
-    if epochs is not None:
-        params.update(epochs=int(epochs), patience=None)
-    refit_mc = replace(mc, params=params)
+    """A fresh model of ``mc`` fitted on training + validation, with ``overrides``: the selected
+    model's :meth:`~Recommender.refit_params` (for the autoencoders: exactly the selected number
+    of epochs, without early stopping, since there is no validation left to stop on)."""
+    refit_mc = replace(mc, params={**mc.params, **overrides})
     fresh = build_model(refit_mc, device=device, where=f"model {mc.run_name!r} (refit)")
+    epochs = overrides.get("epochs")
     print(f"[{mc.run_name}] refit on training + validation"
           + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
     _fit(fresh, dataset.for_refit(), [print_epoch(f"{mc.run_name} refit")], show_progress,
@@ -152,11 +143,12 @@ def train_and_evaluate(
         val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds = time.perf_counter() - t1
         if refit:
-            out.refit_epochs = getattr(model, "best_epoch_", None)
+            out.refit_epochs = model.best_epoch_
+            overrides = model.refit_params()
             # drop the selected model first: EASE's weights alone are n_items² floats
             del model
             model = _refit(
-                out.refit_epochs, mc, dataset, device=device, show_progress=show_progress,
+                overrides, mc, dataset, device=device, show_progress=show_progress,
                 checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
             )
             out.refit_seconds = time.perf_counter() - t1 - out.score_seconds

@@ -73,7 +73,7 @@ def test_models_subset_and_unknown_name(tmp_path: Path) -> None:
 
 
 def test_refit_retrains_on_validation_for_the_selected_epochs(tmp_path: Path, monkeypatch) -> None:
-    from recvae.models.vae import MultDAE
+    from recvae.models.autoencoders import MultDAE
 
     fits: list[tuple[int, int, int]] = []  # (training nnz, epochs, validation targets)
     real_fit = MultDAE.fit

@@ -14,21 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from recvae.config import DataConfig
 from recvae.data import split as splits
 from recvae.data.dataset import FORMAT_VERSION, Dataset
 from recvae.data.preprocess import preprocess
+from recvae.data.spec import DataConfig
 from recvae.data.sources import read_source
 from recvae.errors import RecvaeError
 from recvae.io import sha256_file
 
 log = logging.getLogger(__name__)
-
-# Held-out users per part when the config does not say: 10 % of users, at most the paper's
-# ML-20M value. Netflix (40,000) and MSD (50,000) set theirs in pipelines/*.yaml.
-DEFAULT_HELDOUT_SHARE = 0.1
-DEFAULT_HELDOUT_CAP = 10_000
-
 
 def source_digest(path: str | Path) -> dict[str, str]:
     """SHA-256 of the source file, or of every file under a source directory."""
@@ -53,33 +47,6 @@ def cache_key(data: DataConfig, digest: dict[str, str]) -> str:
         "split": asdict(data.split),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def split_dataset(df: Any, data: DataConfig) -> Dataset:
-    """Apply the configured split to a preprocessed frame."""
-    s = data.split
-    if s.method == "strong":
-        n = s.n_heldout_users
-        if n is None:
-            n_users = df["user"].nunique()
-            n = max(1, min(DEFAULT_HELDOUT_CAP, int(DEFAULT_HELDOUT_SHARE * n_users)))
-            log.info("split.n_heldout_users not set: using %d (10%% of %d users)", n, n_users)
-        return splits.strong_generalization(df, n, test_prop=s.test_prop, seed=s.seed)
-    if s.method == "random":
-        return splits.random_holdout(
-            df, test_prop=s.test_prop, validation_prop=s.validation_prop, seed=s.seed
-        )
-    if s.method == "temporal":
-        leave_last = s.leave_last if s.leave_last is not None or s.cutoff is not None else 1
-        return splits.temporal(
-            df, leave_last=leave_last if s.cutoff is None else None, cutoff=s.cutoff,
-            validation_prop=s.validation_prop, seed=s.seed,
-        )
-    if s.method == "predefined":
-        return splits.predefined(df, validation_prop=s.validation_prop, seed=s.seed)
-    raise RecvaeError(
-        f"data.split.method: unknown split {s.method!r}; expected one of {', '.join(splits.SPLITS)}"
-    )
 
 
 def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
@@ -118,7 +85,7 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
     )
     timings["preprocess_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    ds = split_dataset(df, data)
+    ds = splits.apply_split(df, data.split)
     timings["split_seconds"] = time.perf_counter() - t2
     ds.manifest.update(
         {

@@ -41,7 +41,6 @@ import pyarrow.parquet as pq
 
 from recvae.errors import RecvaeError
 
-SOURCES: tuple[str, ...] = ("movielens", "netflix", "msd", "lightgcn", "citeulike", "table")
 TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "txt", "parquet")
 TABLE_OPTIONS: tuple[str, ...] = (
     "user_col",
@@ -70,15 +69,7 @@ def read_source(source: str, path: str | os.PathLike, **options: Any) -> pd.Data
 
         df = read_source("table", "clicks.parquet", user_col="uid", item_col="sku")
     """
-    readers: dict[str, Callable[..., pd.DataFrame]] = {
-        "movielens": read_movielens,
-        "netflix": read_netflix,
-        "msd": read_msd,
-        "lightgcn": read_lightgcn,
-        "citeulike": read_citeulike,
-        "table": read_table,
-    }
-    if source not in readers:
+    if source not in SOURCES:
         raise RecvaeError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
     if options and source != "table":
         raise RecvaeError(f"source {source!r} takes no options, got {', '.join(sorted(options))}")
@@ -88,7 +79,7 @@ def read_source(source: str, path: str | os.PathLike, **options: Any) -> pd.Data
             f"unknown option(s) {', '.join(unknown)} for source 'table': "
             f"expected some of {', '.join(TABLE_OPTIONS)}"
         )
-    return readers[source](path, **options)
+    return SOURCES[source](path, **options)
 
 
 def read_movielens(path: str | os.PathLike) -> pd.DataFrame:
@@ -321,6 +312,17 @@ def read_table(
     if timestamp_col is not None:
         ts = _timestamps(table.column(timestamp_col), timestamp_col, where)
     return _frame(user, item, value, timestamp=ts)
+
+
+# The one registry of readers: ``data.source`` → reader.
+SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
+    "movielens": read_movielens,
+    "netflix": read_netflix,
+    "msd": read_msd,
+    "lightgcn": read_lightgcn,
+    "citeulike": read_citeulike,
+    "table": read_table,
+}
 
 
 # =========================================================================== inputs

@@ -11,6 +11,8 @@ Every function takes the preprocessed frame (``user``, ``item``[, ``timestamp``]
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recvae.data.dataset import Dataset, Part
+from recvae.data.spec import SplitConfig
 from recvae.errors import RecvaeError
+
+log = logging.getLogger(__name__)
 
 SEED = 98765  # the reference notebook's seed, for both the user permutation and the fold-in
 
@@ -250,4 +255,44 @@ def predefined(df: pd.DataFrame, *, validation_prop: float = 0.1, seed: int = SE
     return _weak_dataset(df, is_test, validation_prop, seed, _manifest("weak", method="predefined"))
 
 
-SPLITS = ("strong", "random", "temporal", "predefined")
+# Held-out users per part when the config does not say: 10 % of users, at most the paper's
+# ML-20M value. Netflix (40,000) and MSD (50,000) set theirs in pipelines/*.yaml.
+DEFAULT_HELDOUT_SHARE = 0.1
+DEFAULT_HELDOUT_CAP = 10_000
+
+
+def _strong_from_spec(df: pd.DataFrame, s: SplitConfig) -> Dataset:
+    n = s.n_heldout_users
+    if n is None:
+        n_users = df["user"].nunique()
+        n = max(1, min(DEFAULT_HELDOUT_CAP, int(DEFAULT_HELDOUT_SHARE * n_users)))
+        log.info("split.n_heldout_users not set: using %d (10%% of %d users)", n, n_users)
+    return strong_generalization(df, n, test_prop=s.test_prop, seed=s.seed)
+
+
+def _temporal_from_spec(df: pd.DataFrame, s: SplitConfig) -> Dataset:
+    leave_last = s.leave_last if s.leave_last is not None or s.cutoff is not None else 1
+    return temporal(
+        df, leave_last=leave_last if s.cutoff is None else None, cutoff=s.cutoff,
+        validation_prop=s.validation_prop, seed=s.seed,
+    )
+
+
+# The one registry of splits: ``split.method`` → how a SplitConfig applies to a frame.
+SPLITS: dict[str, Callable[[pd.DataFrame, SplitConfig], Dataset]] = {
+    "strong": _strong_from_spec,
+    "random": lambda df, s: random_holdout(
+        df, test_prop=s.test_prop, validation_prop=s.validation_prop, seed=s.seed
+    ),
+    "temporal": _temporal_from_spec,
+    "predefined": lambda df, s: predefined(df, validation_prop=s.validation_prop, seed=s.seed),
+}
+
+
+def apply_split(df: pd.DataFrame, s: SplitConfig) -> Dataset:
+    """Split a preprocessed frame as ``s.method`` says (one of :data:`SPLITS`)."""
+    if s.method not in SPLITS:
+        raise RecvaeError(
+            f"data.split.method: unknown split {s.method!r}; expected one of {', '.join(SPLITS)}"
+        )
+    return SPLITS[s.method](df, s)

@@ -8,10 +8,11 @@ import os
 from recvae.errors import RecvaeError
 from recvae.models.base import EpochReport, NotFittedError, Recommender
 
-# name → (module, class). Imported lazily so that `recvae ingest` does not pay for torch/implicit.
+# The one registry: name → (module, class). Imported lazily so that `recvae ingest` does not
+# pay for torch/implicit.
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "mult-vae": ("recvae.models.vae", "MultVAE"),
-    "mult-dae": ("recvae.models.vae", "MultDAE"),
+    "mult-vae": ("recvae.models.autoencoders.models", "MultVAE"),
+    "mult-dae": ("recvae.models.autoencoders.models", "MultDAE"),
     "ease": ("recvae.models.ease", "EASE"),
     "als": ("recvae.models.implicit_models", "ALS"),
     "bpr": ("recvae.models.implicit_models", "BPR"),

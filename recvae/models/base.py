@@ -58,14 +58,27 @@ class Recommender(ABC):
     """
 
     name: ClassVar[str] = "base"
+    #: True for models trained in epochs (the autoencoders): they select the epoch of best
+    #: validation NDCG@100 (``best_epoch_``), write a checkpoint per epoch to ``checkpoint_dir``
+    #: and continue from it with ``resume=True``. Closed-form and library-fitted models have
+    #: nothing to checkpoint: they ignore both arguments and leave ``best_epoch_`` None.
+    trains_in_epochs: ClassVar[bool] = False
     item_ids_: np.ndarray | None = field(default=None, init=False, repr=False)
+    best_epoch_: int | None = field(default=None, init=False, repr=False)
 
     # -------------------------------------------------------------- contract
     @abstractmethod
     def fit(
-        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+        self,
+        dataset: Dataset,
+        *,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> Recommender:
-        """Learn from ``dataset.train`` (and select on ``dataset.validation`` where the model trains)."""
+        """Learn from ``dataset.train`` (and select on ``dataset.validation`` where the model
+        trains in epochs); see :attr:`trains_in_epochs` for ``checkpoint_dir`` and ``resume``."""
 
     @abstractmethod
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:
@@ -103,6 +116,11 @@ class Recommender(ABC):
         self._check_fitted()
         assert self.item_ids_ is not None
         return len(self.item_ids_)
+
+    def refit_params(self) -> dict[str, Any]:
+        """Hyper-parameters to override when this fitted model is refitted on training +
+        validation (the selected epoch count of a model that trains in epochs; none here)."""
+        return {}
 
     def params(self) -> dict[str, Any]:
         """Hyper-parameters as given to the constructor."""
@@ -172,7 +190,8 @@ def training_matrix(dataset: Dataset, model: str) -> sp.csr_matrix:
         )
     if train.shape[0] == 0 or train.shape[1] == 0 or train.nnz == 0:
         raise RecvaeError(
-            f"{model}: the training matrix {train.shape[0]}x{train.shape[1]} has no interactions"
+            f"{model}: the training matrix {train.shape[0]}x{train.shape[1]} is empty (no "
+            "interactions); check the dataset's split"
         )
     return train.tocsr()
 

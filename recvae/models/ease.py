@@ -12,6 +12,7 @@ n_items² × 8 bytes (float64) or × 4 bytes (float32), plus block-sized tempora
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.models.base import Callback, Recommender, report_fit_seconds, training_matrix
+from recvae.models.params import check_choice, check_real
 
 DTYPES = ("float64", "float32")
 BLOCK = 2048  # rows per block of the Gram product and of the in-place passes
@@ -51,13 +53,17 @@ class EASE(Recommender):
     B_: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.l2, (int, float)) or not np.isfinite(self.l2) or self.l2 < 0:
-            raise RecvaeError(f"ease: l2 must be a finite number >= 0, got {self.l2}")
-        if self.dtype not in DTYPES:
-            raise RecvaeError(f"ease: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_real(self, "l2", low=0.0)
+        check_choice(self, "dtype", DTYPES)
 
     def fit(
-        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+        self,
+        dataset: Dataset,
+        *,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> EASE:
         """Solve for B on ``dataset.train``; reports ``fit_seconds`` once (epoch 0) to callbacks."""
         start = time.perf_counter()

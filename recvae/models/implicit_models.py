@@ -13,6 +13,7 @@ around its calls, as implicit asks, because nested BLAS threads slow it down sev
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,38 +36,9 @@ from recvae.models.base import (
     report_fit_seconds,
     training_matrix,
 )
+from recvae.models.params import check_choice, check_int, check_real
 
 SIMILARITIES = ("cosine", "bm25")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _validate(
-    model: Recommender,
-    *,
-    positive_ints: Sequence[str] = (),
-    non_negative_ints: Sequence[str] = (),
-    positive: Sequence[str] = (),
-    non_negative: Sequence[str] = (),
-) -> None:
-    """Raise a one-line RecvaeError unless each named field holds the expected kind of number."""
-    rules = [
-        (positive_ints, "a positive integer", lambda v: _is_int(v) and v > 0),
-        (non_negative_ints, "an integer >= 0", lambda v: _is_int(v) and v >= 0),
-        (positive, "a finite number > 0", lambda v: _is_number(v) and v > 0),
-        (non_negative, "a finite number >= 0", lambda v: _is_number(v) and v >= 0),
-    ]
-    for names, expected, ok in rules:
-        for name in names:
-            value = getattr(model, name)
-            if not ok(value):
-                raise RecvaeError(f"{model.name}: {name} must be {expected}, got {value!r}")
 
 
 def _check_gpu(model: str, use_gpu: bool) -> None:
@@ -95,14 +67,11 @@ class _FactorModel(Recommender):
     _fold_in_cache: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _validate(
-            self,
-            positive_ints=("factors", "iterations"),
-            non_negative_ints=("num_threads",),
-            non_negative=("regularization",),
-        )
-        if self.random_state is not None:
-            _validate(self, non_negative_ints=("random_state",))
+        check_int(self, "factors", minimum=1)
+        check_int(self, "iterations", minimum=1)
+        check_int(self, "num_threads", minimum=0)
+        check_real(self, "regularization", low=0.0)
+        check_int(self, "random_state", minimum=0, optional=True)
 
     def _implicit_model(self) -> Any:
         """A fresh implicit model with these hyper-parameters, on the CPU unless ``use_gpu``."""
@@ -112,7 +81,13 @@ class _FactorModel(Recommender):
         raise NotImplementedError
 
     def fit(
-        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+        self,
+        dataset: Dataset,
+        *,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> _FactorModel:
         """Fit implicit's model on ``dataset.train``; each epoch is reported to ``callbacks``."""
         train = sp.csr_matrix(training_matrix(dataset, self.name), dtype=np.float32)
@@ -161,7 +136,7 @@ class ALS(_FactorModel):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _validate(self, positive=("alpha",))
+        check_real(self, "alpha", low=0.0, low_open=True)
 
     def _implicit_model(self) -> Any:
         from implicit.als import AlternatingLeastSquares
@@ -244,7 +219,8 @@ class BPR(_FactorModel):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _validate(self, positive=("learning_rate", "fold_in_regularization"))
+        check_real(self, "learning_rate", low=0.0, low_open=True)
+        check_real(self, "fold_in_regularization", low=0.0, low_open=True)
 
     def _implicit_model(self) -> Any:
         from implicit.bpr import BayesianPersonalizedRanking
@@ -314,19 +290,20 @@ class ItemKNN(Recommender):
     similarity_: sp.csr_matrix | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITIES:
-            raise RecvaeError(
-                f"{self.name}: similarity must be one of {', '.join(SIMILARITIES)}, "
-                f"got {self.similarity!r}"
-            )
-        _validate(
-            self, positive_ints=("k",), non_negative_ints=("num_threads",), non_negative=("k1", "b")
-        )
-        if self.b > 1:
-            raise RecvaeError(f"{self.name}: b must be in [0, 1], got {self.b!r}")
+        check_choice(self, "similarity", SIMILARITIES)
+        check_int(self, "k", minimum=1)
+        check_int(self, "num_threads", minimum=0)
+        check_real(self, "k1", low=0.0)
+        check_real(self, "b", low=0.0, high=1.0)
 
     def fit(
-        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+        self,
+        dataset: Dataset,
+        *,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> ItemKNN:
         """Compute the item-item similarity on ``dataset.train``; reports ``fit_seconds`` once."""
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender

@@ -5,6 +5,7 @@ The floor every personalised model must clear.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,13 @@ class Popularity(Recommender):
     counts_: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def fit(
-        self, dataset: Dataset, *, callbacks: Sequence[Callback] = (), show_progress: bool = False
+        self,
+        dataset: Dataset,
+        *,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> Popularity:
         """Count the distinct training users per item."""
         start = time.perf_counter()

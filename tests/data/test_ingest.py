@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recvae.config import DataConfig, PreprocessConfig, SplitConfig
+from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
 from recvae.data import ingest as ingest_module
 from recvae.data.dataset import Dataset
-from recvae.data.ingest import cache_key, ingest, source_digest, split_dataset
+from recvae.data.ingest import cache_key, ingest, source_digest
+from recvae.data.split import apply_split
 from recvae.errors import RecvaeError
 
 
@@ -145,7 +146,7 @@ def test_cache_key_ignores_name_and_out(csv_config: DataConfig) -> None:
     assert cache_key(csv_config, {"ratings.csv": "0" * 64}) != key
 
 
-# ------------------------------------------------------------------ split_dataset
+# ------------------------------------------------------------------ apply_split
 @pytest.mark.parametrize(("n_users", "expected"), [(5, 1), (603, 60), (99_999, 9_999), (250_000, 10_000)])
 def test_default_n_heldout_users(monkeypatch: pytest.MonkeyPatch, n_users: int, expected: int) -> None:
     seen = {}
@@ -157,19 +158,19 @@ def test_default_n_heldout_users(monkeypatch: pytest.MonkeyPatch, n_users: int, 
     monkeypatch.setattr(ingest_module.splits, "strong_generalization", fake)
     df = pd.DataFrame({"user": np.repeat(np.arange(n_users), 2)})
     data = DataConfig(source="movielens", path="x")
-    assert split_dataset(df, data) == "dataset"
+    assert apply_split(df, data.split) == "dataset"
     assert seen["n"] == expected
 
 
 def test_explicit_n_heldout_users_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingest_module.splits, "strong_generalization", lambda df, n, **kw: n)
     data = DataConfig(source="movielens", path="x", split=SplitConfig(n_heldout_users=7))
-    assert split_dataset(pd.DataFrame({"user": np.arange(1000)}), data) == 7
+    assert apply_split(pd.DataFrame({"user": np.arange(1000)}), data.split) == 7
 
 
 def test_split_methods(positives: pd.DataFrame) -> None:
     def run(**split) -> Dataset:
-        return split_dataset(positives, DataConfig(source="table", path="x", split=SplitConfig(**split)))
+        return apply_split(positives, SplitConfig(**split))
 
     assert run(method="temporal").manifest["split"]["leave_last"] == 1  # the default
     assert run(method="temporal", leave_last=3).manifest["split"]["leave_last"] == 3

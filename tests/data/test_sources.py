@@ -550,7 +550,7 @@ class TestReadSource:
         pd.testing.assert_frame_equal(read_source("movielens", f), expected_ml())
         df = read_source("table", f, user_col="userId", item_col="movieId", value_col="rating")
         assert df["value"].tolist() == [2.5, 3.0, 4.5]
-        assert SOURCES == ("movielens", "netflix", "msd", "lightgcn", "citeulike", "table")
+        assert tuple(SOURCES) == ("movielens", "netflix", "msd", "lightgcn", "citeulike", "table")
 
     def test_errors(self, tmp_path):
         with raises(r"unknown source 'imdb': expected one of movielens, netflix"):

@@ -10,13 +10,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import recvae.training as training
+import recvae.models.autoencoders.training as training
 from recvae.data.dataset import Dataset, Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
+from recvae.models.autoencoders.models import MultDAE, MultVAE
+from recvae.models.autoencoders.nets import VAE, SparseRows
+from recvae.models.autoencoders.training import CHECKPOINT_FILE, epoch_seeds, kl_weight
 from recvae.models.base import EpochReport
-from recvae.models.vae import VAE, MultDAE, MultVAE
-from recvae.training import CHECKPOINT_FILE, SparseRows, epoch_seeds, kl_weight
 from tests.helpers import random_csr
 
 N_ITEMS = 50
@@ -218,7 +219,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     reference = factory(patience=3).fit(dataset)
     with pytest.raises(Crash):
         factory(patience=3).fit(dataset, checkpoint_dir=tmp_path, callbacks=[crash_at(2)])
-    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]["epoch"] == 2
     seen: list[int] = []
     resumed = factory(patience=3).fit(
         dataset, checkpoint_dir=tmp_path, resume=True, callbacks=[lambda r: seen.append(r.epoch)]
@@ -278,11 +279,11 @@ def test_divergence_raises_and_keeps_the_last_good_checkpoint(
     with pytest.raises(RecvaeError, match=r"epoch 2.*last good checkpoint \(epoch 1\)") as info:
         vae(epochs=3).fit(dataset, checkpoint_dir=tmp_path)
     assert "\n" not in str(info.value)
-    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]["epoch"] == 1
     # A fresh run diverging at once leaves the older run's checkpoint alone and says so.
     with pytest.raises(RecvaeError, match=r"epoch 1.*no checkpoint of this run"):
         vae(epochs=3, lr=2e-3).fit(dataset, checkpoint_dir=tmp_path)
-    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]["epoch"] == 1
 
 
 def test_progress_bar_runs(dataset: Dataset, capsys) -> None:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from recvae.data.dataset import Dataset, Part
 from recvae.errors import RecvaeError
 from recvae.models import load_model, model_class
-from recvae.models.vae import DAE, VAE, MultDAE, MultVAE, SparseLinear, init_weights
-from recvae.training import SparseRows
+from recvae.models.autoencoders.models import MultDAE, MultVAE, resolve_anneal_steps
+from recvae.models.autoencoders.nets import DAE, VAE, SparseLinear, SparseRows, init_weights
+from recvae.models.autoencoders.training import kl_weight
 from tests.helpers import random_csr
 
 N_ITEMS = 60
@@ -95,11 +96,23 @@ def test_paper_defaults() -> None:
     )
     assert (vae.anneal_cap, vae.total_anneal_steps, vae.weight_decay, vae.seed) == (
         0.2,
-        200_000,
+        "auto",  # 200,000 on ML-20M: see the next test
         0.0,
         98765,
     )
     assert (dae.hidden_dims, dae.weight_decay, dae.dropout) == ((200,), 0.01, 0.5)
+
+
+def test_auto_anneal_steps_give_the_papers_schedule_on_ml20m_and_scale_with_the_run() -> None:
+    # ML-20M: 116,677 training users / 500 = 234 batches × 200 epochs; the paper's 200,000 steps
+    assert resolve_anneal_steps("auto", 0.2, 200, 234) == 200_000
+    assert resolve_anneal_steps(1234, 0.2, 200, 234) == 1234
+    # a small log: β reaches the cap at 85 % of the run's steps, whatever the cap
+    for cap in (0.2, 0.5, 1.0):
+        total = resolve_anneal_steps("auto", cap, 60, 5)
+        reached = next(s for s in range(10_000) if kl_weight(s, cap, total) >= cap)
+        assert 0.84 * 300 <= reached <= 0.86 * 300
+    assert resolve_anneal_steps("auto", 0.0, 60, 5) == 0
 
 
 def test_vae_layer_shapes_follow_the_paper() -> None:

@@ -1,0 +1,367 @@
+"""The autoencoders behind the Recommender interface: Mult-VAE^PR and Mult-DAE (Liang et al.
+2018).
+
+Each wrapper holds hyper-parameters as given, builds its network (``nets.py``) and its
+training step (``training.py``), and hands both to the one training loop. Scoring runs the
+network in evaluation mode (no dropout, z = μ) over batches of fold-in rows, so new users are
+scored from their history without retraining.
+
+Example::
+
+    model = MultVAE(epochs=50).fit(dataset)
+    scores = model.score(dataset.test.fold_in[:500])   # (500, n_items) logits, float32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from recvae.batching import row_batches
+from recvae.data.dataset import Dataset
+from recvae.errors import RecvaeError
+from recvae.models.autoencoders.nets import ACTIVATIONS, DAE, VAE, SparseRows, init_weights
+from recvae.models.autoencoders.training import (
+    Checkpointing,
+    ElboStep,
+    TrainConfig,
+    TrainingStep,
+    torch_threads,
+    train,
+)
+from recvae.models.base import Callback, Recommender, training_matrix
+from recvae.models.params import (
+    check_choice,
+    check_device,
+    check_dims,
+    check_int,
+    check_real,
+)
+
+WEIGHTS_FILE = "weights.pt"
+TRAINING_FILE = "training.json"
+# ``total_anneal_steps: auto``: β reaches its cap at the same fraction of training as in the
+# paper's ML-20M run, where cap 0.2 × 200,000 steps = step 40,000 of 200 epochs × 234 batches.
+PAPER_ANNEAL_FRACTION = 40_000 / (200 * 234)
+
+
+@dataclass
+class Autoencoder(Recommender):
+    """fit / score / save / load and the hyper-parameters every autoencoder shares.
+
+    ``lr``, ``batch_size``, ``epochs`` as in the papers; ``patience`` stops after that many
+    epochs without a better validation NDCG@100; ``device`` is ``auto`` (CUDA when present),
+    ``cpu``, ``cuda`` or ``cuda:N``; ``threads`` defaults to the CPU cores available;
+    ``eval_batch_size`` rows are scored at a time. Subclasses define the network
+    (:meth:`_build_net`) and the training step (:meth:`_build_step`).
+    """
+
+    trains_in_epochs: ClassVar[bool] = True
+
+    lr: float = 1e-3
+    batch_size: int = 500
+    epochs: int = 200
+    seed: int = 98765
+    device: str = "auto"
+    patience: int | None = None
+    eval_batch_size: int = 2000
+    threads: int | None = None
+
+    net_: nn.Module | None = field(default=None, init=False, repr=False)
+    history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
+
+    # ---------------------------------------------------------------- to define
+    def _build_net(self, n_items: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _build_step(self, net: nn.Module, n_train_users: int) -> TrainingStep:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- validation
+    def __post_init__(self) -> None:
+        check_int(self, "batch_size", minimum=1)
+        check_int(self, "epochs", minimum=1)
+        check_int(self, "eval_batch_size", minimum=1)
+        check_int(self, "seed", minimum=0)
+        check_int(self, "patience", minimum=1, optional=True)
+        check_int(self, "threads", minimum=1, optional=True)
+        check_real(self, "lr", low=0.0, low_open=True)
+        check_device(self)
+
+    # ---------------------------------------------------------------- contract
+    def fit(
+        self,
+        dataset: Dataset,
+        *,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+    ) -> Autoencoder:
+        """Train on ``dataset.train``, selecting the epoch of best validation NDCG@100.
+
+        Each epoch's :class:`~recvae.models.base.EpochReport` carries the step's ``train/...``
+        metrics (``train/loss`` always), ``epoch_seconds`` and, when the validation part has
+        targets, ``val/ndcg_at_100``, ``val/ndcg_at_20``, ``val/recall_at_20``,
+        ``val/recall_at_50``, ``val/recall_full_at_20`` and ``val_seconds``. With
+        ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume=True`` continues
+        from it exactly (or starts afresh when there is none).
+        """
+        train_rows = training_matrix(dataset, self.name)
+        item_ids = np.asarray(dataset.item_ids)
+        if len(item_ids) != train_rows.shape[1]:
+            raise RecvaeError(
+                f"{self.name}: dataset has {len(item_ids)} item ids but its training matrix has "
+                f"{train_rows.shape[1]} columns"
+            )
+        device = resolve_device(self.device, strict=True, name=self.name)
+        checkpoint = (
+            Checkpointing(checkpoint_dir, resume, self._fingerprint(item_ids, train_rows))
+            if checkpoint_dir is not None else None
+        )
+        with torch_threads(self.threads):
+            net = self._new_net(train_rows.shape[1]).to(device)
+            step = self._build_step(net, train_rows.shape[0])
+            state = train(
+                step,
+                train_rows,
+                dataset.validation,
+                TrainConfig(
+                    epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, device=device,
+                    patience=self.patience, eval_batch_size=self.eval_batch_size,
+                    show_progress=show_progress,
+                ),
+                callbacks=callbacks,
+                checkpoint=checkpoint,
+                name=self.name,
+            )
+        self.net_ = net
+        self.item_ids_ = item_ids
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+        return self
+
+    def refit_params(self) -> dict[str, Any]:
+        """Train for the selected number of epochs, without early stopping."""
+        if self.best_epoch_ is None:
+            return {}
+        return {"epochs": int(self.best_epoch_), "patience": None}
+
+    def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:
+        """Logits (n_rows, n_items), float32: the network in evaluation mode (no retraining)."""
+        net = self._net()
+        device = next(net.parameters()).device
+        out = np.empty(fold_in.shape, dtype=np.float32)
+        with torch_threads(self.threads), torch.no_grad():
+            net.eval()
+            for sl in row_batches(fold_in.shape[0], self.eval_batch_size):
+                out[sl] = net(SparseRows.from_csr(fold_in[sl], device)).cpu().numpy()
+        return out
+
+    def _save_state(self, path: Path) -> None:
+        net = self._net()
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / WEIGHTS_FILE)
+        training = {"best_epoch": self.best_epoch_, "history": self.history_}
+        (path / TRAINING_FILE).write_text(json.dumps(training, indent=1) + "\n")
+
+    def _load_state(self, path: Path) -> None:
+        # A model trained on CUDA loads (and scores) on CPU where CUDA is absent.
+        device = resolve_device(self.device, strict=False, name=self.name)
+        state = torch.load(path / WEIGHTS_FILE, map_location=device, weights_only=True)
+        net = self._new_net(self.n_items).to(device)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise RecvaeError(
+                f"{path / WEIGHTS_FILE}: weights do not match a {self.name} with "
+                f"{self.n_items} items and this config ({first})"
+            ) from None
+        net.eval()
+        self.net_ = net
+        if (path / TRAINING_FILE).is_file():
+            training = json.loads((path / TRAINING_FILE).read_text())
+            self.history_, self.best_epoch_ = training["history"], training["best_epoch"]
+
+    # ---------------------------------------------------------------- helpers
+    def _new_net(self, n_items: int) -> nn.Module:
+        net = self._build_net(n_items)
+        init_weights(net, torch.Generator().manual_seed(self.seed))
+        return net
+
+    def _net(self) -> nn.Module:
+        self._check_fitted()
+        if self.net_ is None:
+            raise RecvaeError(f"{self.name}: model has no weights; call fit() or load() first")
+        return self.net_
+
+    def _fingerprint(self, item_ids: np.ndarray, train_rows: sp.csr_matrix) -> dict[str, Any]:
+        """What must not change between an interrupted run and its resumption."""
+        free = {"epochs", "patience", "device", "threads", "eval_batch_size"}
+        params = {k: v for k, v in self.params().items() if k not in free}
+        digest = hashlib.sha256("\x1f".join(map(str, item_ids)).encode()).hexdigest()
+        return {"model": self.name, **params, "item_digest": digest, "train_nnz": int(train_rows.nnz)}
+
+
+@dataclass
+class _LiangAutoencoder(Autoencoder):
+    """The shape and regularization knobs of Liang et al.'s two models (see :class:`MultVAE`)."""
+
+    hidden_dims: tuple[int, ...] = (600,)
+    activation: str = "tanh"
+    dropout: float = 0.5
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hidden_dims = check_dims(self, "hidden_dims")
+        check_real(self, "dropout", low=0.0, high=1.0, high_open=True)
+        check_real(self, "weight_decay", low=0.0)
+        check_choice(self, "activation", ACTIVATIONS)
+
+    def _kl_schedule(self, n_train_users: int) -> tuple[float, int]:
+        """(anneal_cap, total_anneal_steps); no KL term by default."""
+        return 0.0, 0
+
+    def _build_step(self, net: nn.Module, n_train_users: int) -> TrainingStep:
+        anneal_cap, total_anneal_steps = self._kl_schedule(n_train_users)
+        return ElboStep(
+            net,
+            lr=self.lr,
+            anneal_cap=anneal_cap,
+            total_anneal_steps=total_anneal_steps,
+            # The reference adds 2·λ·Σ‖W‖²/2 (tf's l2_loss halves) with λ = 0.01/batch_size
+            # to the batch-mean loss: a per-user coefficient spread over the batch.
+            l2=self.weight_decay / self.batch_size,
+        )
+
+
+@dataclass
+class MultVAE(_LiangAutoencoder):
+    """Mult-VAE^PR (Liang et al. 2018): defaults are the paper's ML-20M settings, except the β
+    schedule, which scales with the run.
+
+    Architecture I-600-200-600-I with tanh: ``hidden_dims`` are the encoder's hidden sizes (the
+    decoder mirrors them; ``()`` gives I-200-I, Mult-DAE's shape with a latent z),
+    ``latent_dim`` the size of z. ``dropout`` is the input drop probability while training;
+    β rises by 1/``total_anneal_steps`` per gradient step up to ``anneal_cap``.
+    ``total_anneal_steps="auto"`` (the default) makes β reach the cap after the same share of
+    the run's gradient steps as in the paper (85 %: ``epochs`` × batches per epoch); the paper's
+    own 200,000 suits ML-20M only, and leaves β ≈ 0.005 on small logs. ``weight_decay`` λ adds
+    (λ/batch_size)·Σ‖W‖² to the batch-mean loss (the paper's Mult-VAE uses 0). Other fields as
+    :class:`Autoencoder`.
+
+    Example::
+
+        model = MultVAE(epochs=200).fit(dataset, checkpoint_dir="runs/ckpt/vae", resume=True)
+        model.history_[-1]["val/ndcg_at_100"], model.best_epoch_
+    """
+
+    name: ClassVar[str] = "mult-vae"
+
+    latent_dim: int = 200
+    anneal_cap: float = 0.2
+    total_anneal_steps: int | str = "auto"
+
+    total_anneal_steps_: int | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self, "latent_dim", minimum=1)
+        if self.total_anneal_steps != "auto":
+            check_int(self, "total_anneal_steps", minimum=0)
+        check_real(self, "anneal_cap", low=0.0)
+
+    def _build_net(self, n_items: int) -> nn.Module:
+        return VAE(n_items, self.hidden_dims, self.latent_dim, self.activation, self.dropout)
+
+    def _kl_schedule(self, n_train_users: int) -> tuple[float, int]:
+        self.total_anneal_steps_ = resolve_anneal_steps(
+            self.total_anneal_steps, self.anneal_cap, self.epochs,
+            math.ceil(n_train_users / self.batch_size),
+        )
+        return float(self.anneal_cap), self.total_anneal_steps_
+
+    def refit_params(self) -> dict[str, Any]:
+        """The selected epochs, and the β schedule of the selected model (``auto`` would
+        otherwise anneal faster over the shorter refit)."""
+        params = super().refit_params()
+        if self.total_anneal_steps_ is not None:
+            params["total_anneal_steps"] = int(self.total_anneal_steps_)
+        return params
+
+
+@dataclass
+class MultDAE(_LiangAutoencoder):
+    """Mult-DAE (Liang et al. 2018): defaults are the paper's ML-20M settings.
+
+    Architecture I-200-I with tanh: ``hidden_dims`` are the encoder's sizes down to the code
+    (the decoder mirrors them). ``weight_decay`` λ = 0.01 adds (λ/batch_size)·Σ‖W‖² on the
+    weight matrices to the batch-mean loss, as the reference (``lam=0.01/batch_size``, loss +
+    2·λ·Σ‖W‖²/2). Other fields as :class:`MultVAE`.
+
+    Example::
+
+        model = MultDAE(epochs=200, patience=20).fit(dataset)
+    """
+
+    name: ClassVar[str] = "mult-dae"
+
+    hidden_dims: tuple[int, ...] = (200,)
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.hidden_dims:
+            raise RecvaeError(f"{self.name}: hidden_dims needs at least one layer (the code)")
+
+    def _build_net(self, n_items: int) -> nn.Module:
+        return DAE(n_items, self.hidden_dims, self.activation, self.dropout)
+
+
+# =========================================================================== helpers
+
+
+def resolve_anneal_steps(
+    total_anneal_steps: int | str, anneal_cap: float, epochs: int, steps_per_epoch: int
+) -> int:
+    """``total_anneal_steps`` as a number: ``auto`` puts β at ``anneal_cap`` after the paper's
+    share (:data:`PAPER_ANNEAL_FRACTION`) of ``epochs × steps_per_epoch`` gradient steps."""
+    if total_anneal_steps != "auto":
+        return int(total_anneal_steps)
+    if anneal_cap <= 0:
+        return 0
+    return max(1, round(PAPER_ANNEAL_FRACTION * epochs * steps_per_epoch / anneal_cap))
+
+
+def resolve_device(spec: str, *, strict: bool, name: str = "model") -> torch.device:
+    """The torch device for ``auto`` / ``cpu`` / ``cuda[:N]``.
+
+    ``strict`` (training) raises when CUDA is asked for but absent; otherwise (loading a saved
+    model) it falls back to the CPU.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        index = device.index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            if not strict:
+                return torch.device("cpu")
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise RecvaeError(
+                f"{name}: device={spec!r} but this machine has {found} CUDA device(s) "
+                f"(torch {torch.__version__}); use device='cpu' or 'auto'"
+            )
+    return device

@@ -1,0 +1,298 @@
+"""The autoencoders' networks: Mult-VAE^PR and Mult-DAE of Liang, Krishnan, Hoffman & Jebara,
+"Variational Autoencoders for Collaborative Filtering", WWW 2018 (reference code:
+``VAE_ML20M_WWW2018.ipynb``), and the pieces every network of the family shares: a batch of
+sparse rows, the sparse input layer and the fused multinomial output layer.
+
+A user's clicks x (a row over the item vocabulary) are L2-normalised, corrupted by dropout while
+training, and encoded; the decoder's softmax over all items is the multinomial π(z), and training
+maximises  Σ_j x_j log π_j(z) − β·KL(q(z|x) ‖ N(0, I))  (Mult-VAE^PR, Eq. 6 of the paper) or,
+without the latent distribution, Σ_j x_j log π_j(h(x̃)) (Mult-DAE).
+
+Cost: the input is sparse, so the first layer is a gather-and-sum over the observed items
+(nnz·600 flops instead of n_items·600 per user); the loss is computed from the logits at the
+observed items and a log-sum-exp, never from a dense x. What remains is one dense GEMM forward
+and two backward for the decoder's output layer: the compute floor of the model. Measured on
+2 CPU cores (benchmarks/train_speed.py): 67 s per ML-20M-shaped Mult-VAE epoch, 1.45× that
+floor at the best decoder-shaped GEMM rate; peak memory 1.2 GB.
+
+Example::
+
+    net = VAE(n_items, hidden_dims=(600,), latent_dim=200, activation="tanh", dropout=0.5)
+    nll, kl = net.loss(SparseRows.from_csr(train[:500]), generator)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "elu": F.elu,
+}
+
+
+# =========================================================================== batches
+
+
+@dataclass
+class SparseRows:
+    """A batch of user rows as tensors on one device: ``x[rows[e], cols[e]] = values[e]``.
+
+    ``offsets[r]`` is where row r's entries start (the layout ``embedding_bag`` wants);
+    ``counts[r]`` is the row's total ``Σ_j x_rj`` (the multinomial's number of draws).
+    """
+
+    n_rows: int
+    offsets: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def from_csr(cls, m: sp.csr_matrix, device: torch.device | str = "cpu") -> SparseRows:
+        """The rows of a CSR matrix (any number of rows; the whole matrix is never densified)."""
+        m = m.tocsr()
+        indptr = m.indptr.astype(np.int64)
+        n_rows = m.shape[0]
+        rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr))
+        values = np.asarray(m.data, dtype=np.float32)
+        counts = np.bincount(rows, weights=values, minlength=n_rows)
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+
+        return cls(
+            n_rows=n_rows,
+            offsets=put(indptr[:-1]),
+            rows=put(rows),
+            cols=put(m.indices.astype(np.int64)),
+            values=put(values),
+            counts=put(counts.astype(np.float32)),
+        )
+
+
+# =========================================================================== modules
+
+
+def corrupt(x: SparseRows, dropout: float, generator: torch.Generator | None) -> torch.Tensor:
+    """The encoder's input values: each row L2-normalised, then (when training) dropout.
+
+    Dropout keeps each observed item with probability 1 − p and rescales it by 1/(1 − p), as
+    ``tf.nn.dropout`` after ``tf.nn.l2_normalize`` in the reference; unobserved items are zero
+    either way, so only the nonzeros are touched. Pass ``generator=None`` for evaluation.
+    """
+    sq = torch.zeros(x.n_rows, device=x.values.device).index_add_(0, x.rows, x.values.square())
+    values = x.values * sq.clamp_min(1e-12).rsqrt()[x.rows]  # tf.nn.l2_normalize's epsilon
+    if generator is not None and dropout > 0:
+        keep = torch.rand(values.shape, generator=generator, device=values.device) >= dropout
+        values = values * keep / (1.0 - dropout)
+    return values
+
+
+class SparseLinear(nn.Module):
+    """First encoder layer, x·W + b for sparse rows x: costs nnz·out flops, not n_items·out.
+
+    ``embedding_bag`` sums the rows of W of each user's items, weighted by the input values.
+    It beat ``torch.sparse.mm`` (CSR × dense) on ML-20M-shaped batches of 500 users: 21 ms vs
+    44 ms for forward + weight gradient on 2 CPU cores (benchmarks/train_speed.py
+    --compare-first-layer), and its backward needs no transposed sparse matrix.
+    """
+
+    def __init__(self, n_items: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_items, out_dim))  # one row per item
+        self.bias = nn.Parameter(torch.empty(out_dim))
+
+    def forward(self, x: SparseRows, values: torch.Tensor) -> torch.Tensor:
+        return (
+            F.embedding_bag(x.cols, self.weight, x.offsets, mode="sum", per_sample_weights=values)
+            + self.bias
+        )
+
+
+class _MultinomialNLL(torch.autograd.Function):
+    """Mean over rows of −Σ_j x_ij·log softmax(h·Wᵀ + b)_ij and its gradient, in one B×I buffer.
+
+    −Σ_j x_ij log softmax_ij = n_i·logsumexp_i − Σ_j x_ij·logit_ij with n_i = Σ_j x_ij: only the
+    logits at the observed items are gathered, so the dense x is never built. The gradient with
+    respect to the logits is diag(n/B)·(P − diag(1/n)·X) with P = softmax: P overwrites the
+    logits in place (the row-wise softmax kernel keeps each 80 kB row in cache), X touches only
+    its nonzeros, and diag(n/B) is applied to the small B×H operands of the backward GEMMs
+    instead of to the B×I matrix. Autograd through ``log_softmax`` would allocate and sweep
+    several more B×I tensors, which on CPU costs a sizeable fraction of the GEMM time.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, rows, cols, values, counts):  # noqa: ANN001, ANN205
+        n_rows = h.shape[0]
+        logits = torch.addmm(bias, h, weight.t())  # the decoder's one dense GEMM
+        observed = logits[rows, cols]
+        top, argtop = logits.max(dim=1)
+        if logits.is_cuda:
+            probs = torch.softmax(logits, dim=1)
+        else:  # in place: no second B×I buffer (and no fresh pages to fault in)
+            probs = torch.ops.aten._softmax.out(logits, 1, False, out=logits)
+        # log Σ_j exp(logit_ij) = max_i − log p(argmax_i); p(argmax) ≥ 1/n_items cannot underflow.
+        log_norm = top - probs.gather(1, argtop.unsqueeze(1)).squeeze(1).log()
+        x_logit = torch.zeros_like(counts).index_add_(0, rows, values * observed)
+        nll = (counts * log_norm - x_logit).sum() / n_rows
+        probs.index_put_((rows, cols), -values / counts.clamp_min(1e-30)[rows], accumulate=True)
+        ctx.save_for_backward(h, weight, probs, counts / n_rows)
+        return nll
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_nll):  # noqa: ANN001, ANN205
+        h, weight, residual, scale = ctx.saved_tensors  # grad wrt logits = diag(scale)·residual
+        scale = scale * grad_nll
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.mm(residual, weight).mul_(scale.unsqueeze(1))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.mm(residual.t(), h * scale.unsqueeze(1))
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.mv(residual.t(), scale)
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+class MultinomialOutput(nn.Module):
+    """Decoder output layer: logits h·Wᵀ + b over all items; π = softmax(logits)."""
+
+    def __init__(self, in_dim: int, n_items: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_items, in_dim))
+        self.bias = nn.Parameter(torch.empty(n_items))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, h, self.weight.t())
+
+    def nll(self, h: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        """Batch mean of −Σ_j x_j log π_j: the multinomial log-likelihood of Eq. 2, negated."""
+        return _MultinomialNLL.apply(h, self.weight, self.bias, x.rows, x.cols, x.values, x.counts)
+
+
+class Encoder(nn.Module):
+    """Sparse input layer, then dense layers, with the activation between layers (and after the
+    last one when ``final_activation``)."""
+
+    def __init__(
+        self, n_items: int, dims: Sequence[int], activation: str, final_activation: bool
+    ) -> None:
+        super().__init__()
+        self.input = SparseLinear(n_items, dims[0])
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
+        self.act = ACTIVATIONS[activation]
+        self.final_activation = final_activation
+
+    def forward(self, x: SparseRows, values: torch.Tensor) -> torch.Tensor:
+        h = self.input(x, values)
+        for layer in self.layers:
+            h = layer(self.act(h))
+        return self.act(h) if self.final_activation else h
+
+
+class Decoder(nn.Module):
+    """Dense layers with the activation after each, then the multinomial output layer."""
+
+    def __init__(self, dims: Sequence[int], n_items: int, activation: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
+        self.output = MultinomialOutput(dims[-1], n_items)
+        self.act = ACTIVATIONS[activation]
+
+    def hidden(self, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            z = self.act(layer(z))
+        return z
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.output(self.hidden(z))
+
+    def nll(self, z: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        return self.output.nll(self.hidden(z), x)
+
+
+class VAE(nn.Module):
+    """Mult-VAE: q(z|x) = N(μ, diag σ²) from the encoder, p(x|z) = Mult(n, softmax(f(z)))."""
+
+    def __init__(
+        self,
+        n_items: int,
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.latent_dim, self.dropout = latent_dim, dropout
+        # The encoder's last layer outputs μ and log σ² side by side, as the reference.
+        self.encoder = Encoder(n_items, [*hidden_dims, 2 * latent_dim], activation, False)
+        self.decoder = Decoder([latent_dim, *reversed(hidden_dims)], n_items, activation)
+
+    def encode(
+        self, x: SparseRows, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x, corrupt(x, self.dropout, generator))
+        return h[:, : self.latent_dim], h[:, self.latent_dim :]
+
+    def forward(self, x: SparseRows) -> torch.Tensor:
+        """Logits for evaluation: no dropout, z = μ."""
+        mu, _ = self.encode(x)
+        return self.decoder(mu)
+
+    def loss(self, x: SparseRows, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−E_q[log p(x|z)] with one sample, KL(q(z|x) ‖ N(0, I))), both batch means.
+
+        Draws the dropout mask, then ε, from ``generator``.
+        """
+        mu, logvar = self.encode(x, generator)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * torch.exp(0.5 * logvar)  # reparameterization trick
+        kl = (0.5 * (-logvar + logvar.exp() + mu.square() - 1.0)).sum(dim=1).mean()
+        return self.decoder.nll(z, x), kl
+
+
+class DAE(nn.Module):
+    """Mult-DAE: a denoising autoencoder with the same multinomial likelihood and no KL term."""
+
+    def __init__(
+        self, n_items: int, hidden_dims: Sequence[int], activation: str, dropout: float
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.encoder = Encoder(n_items, hidden_dims, activation, True)
+        self.decoder = Decoder(list(reversed(hidden_dims)), n_items, activation)
+
+    def forward(self, x: SparseRows) -> torch.Tensor:
+        """Logits for evaluation: the clean (normalised, not dropped-out) input."""
+        return self.decoder(self.encoder(x, corrupt(x, self.dropout, None)))
+
+    def loss(self, x: SparseRows, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−Σ_j x_j log π_j(x̃) as a batch mean, 0): the dropout mask comes from ``generator``."""
+        h = self.encoder(x, corrupt(x, self.dropout, generator))
+        return self.decoder.nll(h, x), h.new_zeros(())
+
+
+def init_weights(net: nn.Module, generator: torch.Generator) -> None:
+    """Glorot-uniform weight matrices and N(0, 0.001²) biases truncated at 2σ, as the reference's
+    ``xavier_initializer`` and ``truncated_normal_initializer(stddev=0.001)``."""
+    for p in net.parameters():
+        if p.ndim >= 2:
+            nn.init.xavier_uniform_(p, generator=generator)
+        else:
+            nn.init.trunc_normal_(p, std=0.001, a=-0.002, b=0.002, generator=generator)
