@@ -195,7 +195,7 @@ def test_summary_counts(strong: Dataset, weak: Dataset, positives: pd.DataFrame)
     assert s["items"] == strong.n_items
     assert s["train_users"] == s["users"] - 40
     assert s["validation_users"] == s["test_users"] == 20
-    assert s["interactions"] == len(positives) - strong.manifest["dropped_unknown_item_interactions"]
+    assert s["interactions"] == len(positives) - strong.manifest["drops"]["unknown_items"]
     assert s["test_holdout_interactions"] == strong.test.holdout.nnz
     assert s["test_users_with_targets"] == int((np.diff(strong.test.holdout.indptr) > 0).sum())
     assert 0 < s["test_users_with_targets"] <= 20
@@ -203,7 +203,7 @@ def test_summary_counts(strong: Dataset, weak: Dataset, positives: pd.DataFrame)
     w = weak.summary()
     assert w["protocol"] == "weak"
     assert w["train_users"] == w["validation_users"] == w["test_users"] == w["users"]
-    assert w["interactions"] == len(positives) - weak.manifest["dropped_unknown_item_interactions"]
+    assert w["interactions"] == len(positives) - weak.manifest["drops"]["unknown_items"]
     assert w["validation_fold_in_interactions"] == w["train_interactions"]
 
 

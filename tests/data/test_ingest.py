@@ -40,7 +40,7 @@ def test_ingest_bundled_movielens(ml_small_zip: Path, ml_small_ratings: pd.DataF
     counts = pos["userId"].value_counts()
     kept = pos[pos["userId"].isin(counts.index[counts >= 5])]
     assert ds.n_users == kept["userId"].nunique() == 603
-    assert ds.summary()["interactions"] + ds.manifest["dropped_unknown_item_interactions"] == len(kept)
+    assert ds.summary()["interactions"] + ds.manifest["drops"]["unknown_items"] == len(kept)
     assert ds.manifest["raw_interactions"] == len(ml_small_ratings) == 100_836
     assert ds.manifest["positive_interactions"] == len(kept)
     assert ds.manifest["name"] == "ml-latest-small"
