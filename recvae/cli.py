@@ -190,20 +190,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _model_config(args: argparse.Namespace) -> Any:
-    from recvae.config import ModelConfig
+    from recvae.config import ModelConfig, read_yaml
 
     params: dict[str, Any] = {}
     if args.params:
         p = Path(args.params)
         if not p.is_file():
             raise RecvaeError(f"{p}: params file not found")
-        try:
-            loaded = yaml.safe_load(p.read_bytes()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise RecvaeError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', None) or e}); "
-                              "expected a mapping of hyper-parameters") from None
+        loaded = read_yaml(p, "a mapping of hyper-parameters") or {}
         if not isinstance(loaded, dict):
             raise RecvaeError(f"{p}: expected a mapping of hyper-parameters")
         params.update(loaded)
@@ -506,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecvaeError as e:
         if args.debug:
             raise
-        print(f"recvae: error: {e}", file=sys.stderr)
+        # one line whatever a library put in the message (its own line breaks, a path's tab)
+        print(f"recvae: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("recvae: interrupted", file=sys.stderr)

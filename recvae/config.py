@@ -177,17 +177,24 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
     return cfg
 
 
+def read_yaml(path: Path, expected: str = "") -> Any:
+    """The YAML document in ``path``; invalid YAML is a one-line RecvaeError naming the line."""
+    try:
+        return yaml.safe_load(path.read_bytes())  # bytes: YAML's reader names a bad byte's position
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        hint = f"; expected {expected}" if expected else ""
+        raise RecvaeError(f"{path}:{line} invalid YAML ({problem}){hint}") from None
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline YAML file; ``overrides`` maps dotted keys to values (``data.path``)."""
     p = Path(path)
     if not p.is_file():
         raise RecvaeError(f"{p}: config file not found")
-    try:
-        raw = yaml.safe_load(p.read_bytes())  # bytes: YAML's reader names a bad byte's position
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise RecvaeError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(p)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value, str(p))
     return parse_config(raw, str(p))
@@ -233,6 +240,12 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                 f"{source}: evaluation.table: {name!r} is not computed; expected one of "
                 f"{', '.join(known)} (metric_at_k for k in evaluation.ks)"
             )
+    from recvae.data.split import MAX_SEED
+
+    if not 0 <= cfg.data.split.seed <= MAX_SEED:
+        raise RecvaeError(
+            f"{source}: data.split.seed: expected an integer in [0, {MAX_SEED}], got {cfg.data.split.seed}"
+        )
     threshold = cfg.data.preprocess.threshold
     if threshold is not None and not math.isfinite(threshold):
         raise RecvaeError(
