@@ -180,9 +180,20 @@ def write_errors(target: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
-        where = e.filename if e.filename and Path(e.filename) != Path(target) else None
-        detail = f" ({where})" if where else ""
+        detail = "" if _within(e.filename, Path(target)) else f" ({e.filename})"
         raise RecvaeError(f"{target}: cannot write{detail}: {WRITE_ERRNOS[e.errno]}") from None
+
+
+def _within(filename: object, target: Path) -> bool:
+    """Whether ``filename`` is ``target``, inside it, or one of its temporaries (or unknown):
+    the error then needs no second path."""
+    if not isinstance(filename, str | os.PathLike):
+        return True
+    path = Path(filename)
+    prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
+    return path == target or target in path.parents or any(
+        part.startswith(prefixes) for part in path.parts
+    )
 
 
 def _make_parent(final: Path) -> None:

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recvae.data.dataset import FORMAT_VERSION, Dataset, Part
+from recvae.data import dataset as dataset_module
+from recvae.data.dataset import FILES, FORMAT_VERSION, Dataset, Part
 from recvae.data.split import random_holdout, strong_generalization
 from recvae.errors import RecvaeError
+from recvae.io import sha256_file
 
 MATRICES = ("train", "validation_fold_in", "validation_holdout", "test_fold_in", "test_holdout")
 
@@ -167,6 +169,44 @@ def test_load_with_a_missing_file(strong: Dataset, tmp_path: Path) -> None:
     path = strong.save(tmp_path / "ds")
     (path / "test_holdout.npz").unlink()
     with pytest.raises(RecvaeError, match=r"test_holdout\.npz"):
+        Dataset.load(path)
+
+
+def test_manifest_records_every_file(strong: Dataset, tmp_path: Path) -> None:
+    path = strong.save(tmp_path / "ds")
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    assert set(files) == set(FILES) == {p.name for p in path.iterdir()} - {"manifest.json"}
+    for name, entry in files.items():
+        assert entry == {"bytes": (path / name).stat().st_size, "sha256": sha256_file(path / name)}
+
+
+def test_tampered_files_are_refused(strong: Dataset, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = strong.save(tmp_path / "ds")
+    train = path / "train.npz"
+    good = train.read_bytes()
+    train.write_bytes(good + b"\0")
+    with pytest.raises(RecvaeError, match=r"train\.npz: [\d,]+ bytes, the manifest records [\d,]+"):
+        Dataset.load(path)
+    flipped = bytearray(good)
+    flipped[-50] ^= 1
+    train.write_bytes(bytes(flipped))
+    with pytest.raises(RecvaeError, match=r"train\.npz: contents differ from the sha256"):
+        Dataset.load(path)
+    # a big file is re-hashed only when asked; its size is always checked
+    monkeypatch.setattr(dataset_module, "ALWAYS_HASH_BYTES", 0)
+    assert Dataset.load(path).n_items == strong.n_items
+    with pytest.raises(RecvaeError, match=r"train\.npz: contents differ from the sha256"):
+        Dataset.load(path, verify=True)
+
+
+def test_edited_counts_are_refused(strong: Dataset, tmp_path: Path) -> None:
+    path = strong.save(tmp_path / "ds")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["counts"]["test_users"] = True  # JSON true == 1 in Python: must not pass for a count
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecvaeError, match=r"manifest\.json: counts\.test_users is True but the "
+                       r"dataset's arrays give 20"):
         Dataset.load(path)
 
 
