@@ -61,12 +61,18 @@ def source_digest(path: str | Path) -> dict[str, str]:
     """SHA-256 of the source file, or of every file under a source directory."""
     p = Path(path)
     if p.is_file():
-        return {p.name: sha256_file(p)}
-    if p.is_dir():
-        return {
-            str(f.relative_to(p)): sha256_file(f) for f in sorted(p.rglob("*")) if f.is_file()
-        }
-    raise RecvaeError(f"{p}: no such file or folder; expected the raw log (data.path / --path)")
+        files = {p.name: p}
+    elif p.is_dir():
+        files = {str(f.relative_to(p)): f for f in sorted(p.rglob("*")) if f.is_file()}
+    else:
+        raise RecvaeError(f"{p}: no such file or folder; expected the raw log (data.path / --path)")
+    digest = {}
+    for name, f in files.items():
+        try:
+            digest[name] = sha256_file(f)
+        except OSError as e:  # unreadable: permissions, an I/O error
+            raise RecvaeError(f"{f}: cannot read ({e.strerror or e}); expected the raw log") from None
+    return digest
 
 
 def cache_key(data: DataConfig, digest: dict[str, str]) -> str:

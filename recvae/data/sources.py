@@ -676,12 +676,20 @@ def _netflix_batches(files: list[Path], max_bytes: int = 1 << 28) -> Iterator[li
 _MOVIE_LINE = re.compile(rb"(\d+):\r?")
 
 
+def _read_bytes(path: Path) -> bytes:
+    """A whole (small) file without its byte-order mark; an unreadable one is a RecvaeError."""
+    try:
+        return path.read_bytes().removeprefix(_BOM)
+    except OSError as e:
+        raise RecvaeError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def _read_netflix_batch(files: list[Path]) -> tuple[pa.Table, np.ndarray]:
     """Parse Netflix files as one buffer: (user, rating, date) per rating and each one's movie."""
     if len(files) == 1:
-        buf, offsets = files[0].read_bytes().removeprefix(_BOM), [0]
+        buf, offsets = _read_bytes(files[0]), [0]
     else:
-        datas = [f.read_bytes().removeprefix(_BOM).rstrip() + b"\n" for f in files]
+        datas = [_read_bytes(f).rstrip() + b"\n" for f in files]
         offsets = np.cumsum([0] + [len(d) for d in datas[:-1]]).tolist()
         buf = b"".join(datas)
     labels = [str(f) for f in files]

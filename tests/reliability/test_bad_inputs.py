@@ -215,6 +215,13 @@ def _(ctx: Ctx) -> list[str]:
     return ctx.ingest("netflix", ctx.tmp / "in" / "netflix")
 
 
+@case("netflix-file-is-a-folder", r"mv_0000002\.txt: cannot read \(Is a directory\)")
+def _(ctx: Ctx) -> list[str]:
+    ctx.file("training_set/mv_0000001.txt", "1:\n6,3,2005-09-06\n")
+    (ctx.tmp / "in" / "training_set" / "mv_0000002.txt").mkdir()
+    return ctx.ingest("netflix", ctx.tmp / "in" / "training_set")
+
+
 # ================================================================== MSD
 @case("msd-text-play-count", r"train_triplets\.txt, line 2", "'play_count'", "expected an integer",
       "'many'")
