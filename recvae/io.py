@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -45,7 +46,10 @@ STALE_AFTER_SECONDS = 24 * 3600
 def _owner_host() -> str:
     """This host and pid namespace as one token of ``[A-Za-z0-9_]``: a pid means something
     only within its namespace, so two containers sharing a folder never judge each other's pids."""
-    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:32] or "host"
+    name = socket.gethostname()
+    host = re.sub(r"[^A-Za-z0-9]", "_", name) or "host"
+    if len(host) > 24:  # keep names short, and long host names (pods) distinct
+        host = f"{host[:15]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     try:
         ns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:  # not Linux: the host name alone
@@ -58,8 +62,9 @@ _HOST = _owner_host()
 _OWNED = re.compile(r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-[0-9a-f]{8}(\.[^/]*)?")
 _LEGACY = re.compile(r"[0-9a-f]{8}(\.[^/]*)?")  # before owners were recorded: .NAME.tmp-RAND
 _ANY_TEMP = re.compile(r"\.(?P<name>.+?)\.(?:tmp|old)-(?P<rest>.+)")
-# Temporaries this process is writing now. A pid can come back (a container's pid 1 after a
-# restart): an entry named with our own pid that is not in this set is a dead process's.
+# Names of the temporaries this process is writing now (names, not paths: one folder can be
+# reached by several paths). A pid can come back (a container's pid 1 after a restart): an entry
+# named with our own pid that is not in this set is a dead process's.
 _LIVE: set[str] = set()
 
 
@@ -85,7 +90,7 @@ def _owner_gone(entry: Path, rest: str, now: float) -> bool:
     if m is not None and m["host"] == _HOST:
         pid = int(m["pid"])
         if pid == os.getpid():
-            return str(entry) not in _LIVE
+            return entry.name not in _LIVE
         return not _pid_alive(pid)
     if m is None and not _LEGACY.fullmatch(rest):
         return False  # not a name we write
@@ -115,7 +120,9 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
     it) whose owning process is gone; returns what was removed.
 
     An owner on this host (and pid namespace) is checked by its pid; any other owner only by age
-    (:data:`STALE_AFTER_SECONDS`). Entries of live processes are never touched.
+    (:data:`STALE_AFTER_SECONDS`). Entries of live processes are never touched. A previous
+    output set aside (``.old-``) by a process killed before its new output moved in is put back
+    when ``path`` is missing, rather than removed.
     """
     final = Path(path)
     parent = final.parent
@@ -123,10 +130,19 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     now = time.time()
-    for kind in ("tmp", "old"):
+    for kind in ("old", "tmp"):
         prefix = f".{final.name}.{kind}-"
-        for entry in parent.glob(f"{glob_escape(prefix)}*"):
-            if _owner_gone(entry, entry.name[len(prefix):], now) and _remove(entry):
+        for entry in sorted(parent.glob(f"{glob.escape(prefix)}*")):
+            if not _owner_gone(entry, entry.name[len(prefix):], now):
+                continue
+            if kind == "old" and not final.exists():
+                try:
+                    os.replace(entry, final)
+                except OSError as e:  # not ours to insist on: say so and go on
+                    log.warning("could not restore %s from %s: %s", final, entry, e.strerror or e)
+                else:
+                    log.info("restored %s from %s, set aside by a process that is gone", final, entry)
+            elif _remove(entry):
                 log.info("removed %s, left by a process that is gone", entry)
                 removed.append(entry)
     return removed
@@ -148,11 +164,6 @@ def sweep_stale(directory: str | os.PathLike, depth: int = 3) -> list[Path]:
         elif entry.is_dir() and not entry.is_symlink():
             removed += sweep_stale(entry, depth - 1)
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob's special characters taken literally."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 # ============================================================================ writing
@@ -214,7 +225,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     remove_stale(final)
     tmp = _temp_path(final, "tmp")
     old = _temp_path(final, "old")  # where a previous output waits while the new one moves in
-    _LIVE.update((str(tmp), str(old)))
+    _LIVE.update((tmp.name, old.name))
     try:
         with write_errors(final):
             tmp.mkdir()
@@ -236,7 +247,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             if replacing:
                 shutil.rmtree(old, ignore_errors=True)
     finally:
-        _LIVE.difference_update((str(tmp), str(old)))
+        _LIVE.difference_update((tmp.name, old.name))
 
 
 @contextlib.contextmanager
@@ -250,7 +261,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     _make_parent(final)
     remove_stale(final)
     tmp = _temp_path(final, "tmp", final.suffix)
-    _LIVE.add(str(tmp))
+    _LIVE.add(tmp.name)
     try:
         with write_errors(final):
             try:
@@ -260,7 +271,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink(missing_ok=True)
                 raise
     finally:
-        _LIVE.discard(str(tmp))
+        _LIVE.discard(tmp.name)
 
 
 class _Sink:

@@ -86,6 +86,7 @@ def test_a_dead_owners_leftovers_are_removed_and_a_live_owners_kept(
     other_name = leftover(tmp_path, "other", dead_pid())
     work = tmp_path / ".ds.work"
     work.mkdir()
+    (tmp_path / "ds").mkdir()  # the output is in place: a set-aside copy is just removed
     assert sorted(remove_stale(tmp_path / "ds")) == sorted([dead, dead_old])
     assert live.is_dir() and other_name.is_dir() and work.is_dir()
 
@@ -110,6 +111,20 @@ def test_unknown_owners_wait_for_the_age_threshold(tmp_path: Path) -> None:
         age(p, STALE_AFTER_SECONDS + 60)
     assert sorted(remove_stale(tmp_path / "ds")) == sorted([foreign, legacy])
     assert remove_stale(tmp_path / "recs.parquet") == [legacy_file]
+
+
+def test_a_previous_output_set_aside_by_a_killed_process_is_put_back(tmp_path: Path) -> None:
+    # killed between its two renames: the old output set aside, the new one not yet in place
+    pid = dead_pid()
+    old = leftover(tmp_path, "ds", pid, kind="old")
+    new = leftover(tmp_path, "ds", pid)
+    assert remove_stale(tmp_path / "ds") == [new]
+    assert (tmp_path / "ds" / "part.npy").is_file() and not old.exists()
+
+
+def test_output_names_with_glob_characters(tmp_path: Path) -> None:
+    dead = leftover(tmp_path, "run[1]*", dead_pid())
+    assert remove_stale(tmp_path / "run[1]*") == [dead]
 
 
 def test_names_we_do_not_write_are_never_touched(tmp_path: Path) -> None:
