@@ -61,7 +61,7 @@ _HOST = _owner_host()
 # .NAME.tmp-HOST-PID-RAND[.SUFFIX] (SUFFIX: atomic_file keeps the final name's suffix)
 _OWNED = re.compile(r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-[0-9a-f]{8}(\.[^/]*)?")
 _LEGACY = re.compile(r"[0-9a-f]{8}(\.[^/]*)?")  # before owners were recorded: .NAME.tmp-RAND
-_ANY_TEMP = re.compile(r"\.(?P<name>.+?)\.(?:tmp|old)-(?P<rest>.+)")
+_ANY_TEMP = re.compile(r"\.(?P<name>.+?)\.(?:tmp|old)-.+")
 # Names of the temporaries this process is writing now (names, not paths: one folder can be
 # reached by several paths). A pid can come back (a container's pid 1 after a restart): an entry
 # named with our own pid that is not in this set is a dead process's.
@@ -154,15 +154,14 @@ def sweep_stale(directory: str | os.PathLike, depth: int = 3) -> list[Path]:
     root = Path(directory)
     if depth < 0 or not root.is_dir():
         return []
-    removed, now = [], time.time()
+    removed, outputs = [], set()
     for entry in sorted(root.iterdir()):
-        m = _ANY_TEMP.fullmatch(entry.name)
-        if m is not None:
-            if _owner_gone(entry, m["rest"], now) and _remove(entry):
-                log.info("removed %s, left by a process that is gone", entry)
-                removed.append(entry)
+        if m := _ANY_TEMP.fullmatch(entry.name):
+            outputs.add(m["name"])
         elif entry.is_dir() and not entry.is_symlink():
             removed += sweep_stale(entry, depth - 1)
+    for name in sorted(outputs):
+        removed += remove_stale(root / name)
     return removed
 
 
