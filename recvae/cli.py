@@ -135,6 +135,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             data = replace(data, path=args.path)
         if args.out:
             data = replace(data, out=args.out)
+        if args.allow_negative:
+            data = replace(data, preprocess=replace(data.preprocess, allow_negative=True))
     else:
         if args.set:
             raise RecvaeError("ingest: --set overrides keys of a --config file; give --config too")
