@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -33,11 +35,70 @@ def _value(text: str) -> Any:
         return text
 
 
-def _number(text: str, flag: str = "--threshold") -> float:
+# ------------------------------------------------------------------ argument types
+# Numbers are checked when the command line is parsed, so a bad value is one line before any work.
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    if maximum is not None:
+        expected = f"an integer in [{minimum}, {maximum}]"
+    else:
+        expected = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+def _finite(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise RecvaeError(f"{flag} {text!r}: expected a number, or 'none' to keep everything") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _proportion(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _threshold(text: str) -> float | None:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return _finite(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, or 'none' to keep everything, got {text!r}"
+        ) from None
+
+
+_POSITIVE = _integer(1)
+_COUNT = _integer(0)
+_SEED = _integer(0, 2**32 - 2)  # as recvae.data.split.MAX_SEED (not imported: it pulls pandas)
+_PORT = _integer(1, 65535)
+
+
+class _UsageError(Exception):
+    """A command line argparse rejects: printed as one line like every user error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own: usage + message, exit 2
+        command = self.prog.removeprefix("recvae").strip()
+        hint = f" (see recvae {command} --help)" if command else " (see recvae --help)"
+        raise _UsageError(f"{command + ': ' if command else ''}{message}{hint}")
 
 
 def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -64,7 +125,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from recvae.config import load_config
-    from recvae.data.ingest import ingest
+    from recvae.data.ingest import drop_lines, ingest
     from recvae.data.sources import SOURCES
     from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
 
@@ -74,6 +135,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             data = replace(data, path=args.path)
         if args.out:
             data = replace(data, out=args.out)
+        if args.allow_negative:
+            data = replace(data, preprocess=replace(data.preprocess, allow_negative=True))
     else:
         if args.set:
             raise RecvaeError("ingest: --set overrides keys of a --config file; give --config too")
@@ -81,7 +144,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise RecvaeError("ingest: give --config FILE, or --source and --path")
         if args.source not in SOURCES:
             raise RecvaeError(f"--source {args.source!r}: expected one of {', '.join(SOURCES)}")
-        threshold = None if str(args.threshold).lower() in ("none", "null") else _number(args.threshold)
         data = DataConfig(
             source=args.source,
             path=args.path,
@@ -89,8 +151,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             options=_pairs(args.option, "--option"),
             out=args.out,
             preprocess=PreprocessConfig(
-                threshold=threshold, min_item_users=args.min_item_users,
+                threshold=args.threshold, min_item_users=args.min_item_users,
                 min_user_items=args.min_user_items, iterate=args.iterate,
+                allow_negative=args.allow_negative,
             ),
             split=SplitConfig(
                 method=args.split, n_heldout_users=args.n_heldout_users, test_prop=args.test_prop,
@@ -100,17 +163,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     dataset, reused = ingest(data, force=args.force)
     print(f"{'reused' if reused else 'wrote'} {data.out_dir}")
+    for line in drop_lines(dataset.manifest):
+        print(line, file=sys.stderr if args.json else sys.stdout)
     _print_json_or_table(dataset.summary(), args.json)
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from recvae.data.dataset import Dataset
+    from recvae.data.ingest import drop_lines
 
-    ds = Dataset.load(args.dataset)
+    ds = Dataset.load(args.dataset, verify=args.verify)
     summary = ds.summary()
     if not args.json:
         print(f"{args.dataset}: {ds.manifest.get('name', '')} ({ds.manifest.get('source', '?')})")
+        for line in drop_lines(ds.manifest):
+            print(line)
     _print_json_or_table(summary, args.json)
     return 0
 
@@ -124,14 +192,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _model_config(args: argparse.Namespace) -> Any:
-    from recvae.config import ModelConfig
+    from recvae.config import ModelConfig, read_yaml
 
     params: dict[str, Any] = {}
     if args.params:
         p = Path(args.params)
         if not p.is_file():
             raise RecvaeError(f"{p}: params file not found")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = read_yaml(p, "a mapping of hyper-parameters") or {}
         if not isinstance(loaded, dict):
             raise RecvaeError(f"{p}: expected a mapping of hyper-parameters")
         params.update(loaded)
@@ -142,12 +210,12 @@ def _model_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import shutil
-
     from recvae.config import RecommendConfig
     from recvae.data.dataset import Dataset
+    from recvae.io import atomic_dir, remove_stale
     from recvae.pipeline import results_table, train_and_evaluate
 
+    remove_stale(args.out)  # what a killed `recvae train` left beside --out
     mc = _model_config(args)
     tracker = None
     if not args.no_track:
@@ -158,21 +226,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     if tracker is not None:
         tracker.dataset, tracker.dataset_source = dataset, str(args.data)
     work = Path(args.out).parent / f".{Path(args.out).name}.work"
-    outcome = train_and_evaluate(
-        mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
-        recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
-        resume=args.resume, config={"data": {"dir": str(args.data), **dataset.manifest}},
-    )
-    # the model directory is complete: move it to --out (atomically replacing an old one)
-    from recvae.io import atomic_dir
-
-    with atomic_dir(args.out) as tmp:
-        shutil.rmtree(tmp)
-        shutil.copytree(outcome.model_dir, tmp)
+    try:
+        outcome = train_and_evaluate(
+            mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
+            recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
+            resume=args.resume, config={"data": {"dir": str(args.data), **_logged(dataset.manifest)}},
+        )
+        # the model directory is complete: move it to --out (atomically replacing an old one)
+        with atomic_dir(args.out) as tmp:
+            shutil.rmtree(tmp)
+            shutil.copytree(outcome.model_dir, tmp)
+    except BaseException:
+        # The work folder is kept only while it holds a checkpoint for --resume.
+        if not _has_checkpoint(work / "checkpoints"):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     shutil.rmtree(work, ignore_errors=True)
     print(f"saved {args.out}")
     print(results_table([outcome]))
     return 0
+
+
+def _logged(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as run params, without the per-file sizes and sha256 (the dataset digest
+    tag identifies the data)."""
+    return {k: v for k, v in manifest.items() if k != "files"}
+
+
+def _has_checkpoint(directory: Path) -> bool:
+    return directory.is_dir() and any(
+        p.is_file() and not p.name.startswith(".") for p in directory.rglob("*")
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -213,11 +297,13 @@ def _model_from_run(run_id: str, tracking_uri: str | None) -> Path:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from recvae.data.dataset import Dataset
+    from recvae.io import remove_stale
     from recvae.models import load_model
     from recvae.recommend import write_recommendations
 
     if bool(args.model_dir) == bool(args.run_id):
         raise RecvaeError("recommend: give a model directory or --run-id, not both")
+    remove_stale(args.out)  # what a killed `recvae recommend` left beside --out
     model_dir = Path(args.model_dir) if args.model_dir else _model_from_run(args.run_id, args.tracking_uri)
     model = load_model(model_dir)
     dataset = Dataset.load(args.data)
@@ -225,7 +311,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.users != "all":
         p = Path(args.users)
         if p.is_file():
-            users = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+            try:
+                text = p.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise RecvaeError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); expected "
+                                  "one user id per line") from None
+            users = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             users = [u for u in args.users.split(",") if u]
     path = write_recommendations(
@@ -248,6 +339,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid; dataset {cfg.data.dataset_name} → {cfg.data.out_dir}; "
               f"models: {', '.join(names)}")
         return 0
+    from recvae.io import sweep_stale
+
+    sweep_stale(cfg.output_dir)  # what a killed run left in its output folders
     outcomes = run_pipeline(cfg, only=only, track=not args.no_track, show_progress=not args.quiet,
                             force_ingest=args.force_ingest, resume=args.resume)
     print()
@@ -280,7 +374,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recvae", description=__doc__.splitlines()[0])
+    p = _Parser(prog="recvae", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -292,17 +386,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="dataset name (default: from the path)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="reader option, e.g. user_col=customer (table source)")
-    s.add_argument("--threshold", default="3.5", help="keep value > threshold; 'none' keeps all")
-    s.add_argument("--min-item-users", type=int, default=0)
-    s.add_argument("--min-user-items", type=int, default=5)
+    s.add_argument("--threshold", type=_threshold, default=3.5,
+                   help="keep value > threshold; 'none' keeps all")
+    s.add_argument("--allow-negative", action="store_true",
+                   help="with --threshold none, keep negative values as positives too")
+    s.add_argument("--min-item-users", type=_COUNT, default=0)
+    s.add_argument("--min-user-items", type=_COUNT, default=5)
     s.add_argument("--iterate", action="store_true", help="iterate the filters to a k-core")
     s.add_argument("--split", default="strong", help="strong | random | temporal | predefined")
-    s.add_argument("--n-heldout-users", type=int, help="strong: users per held-out part")
-    s.add_argument("--test-prop", type=float, default=0.2)
-    s.add_argument("--validation-prop", type=float, default=0.1)
-    s.add_argument("--leave-last", type=int)
-    s.add_argument("--cutoff", type=float)
-    s.add_argument("--seed", type=int, default=98765)
+    s.add_argument("--n-heldout-users", type=_POSITIVE, help="strong: users per held-out part")
+    s.add_argument("--test-prop", type=_proportion, default=0.2)
+    s.add_argument("--validation-prop", type=_proportion, default=0.1)
+    s.add_argument("--leave-last", type=_POSITIVE)
+    s.add_argument("--cutoff", type=_finite)
+    s.add_argument("--seed", type=_SEED, default=98765)
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     s.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
     s.add_argument("--json", action="store_true")
@@ -312,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help="print a dataset's counts per part (Table 1 of the paper)")
         s.add_argument("dataset")
         s.add_argument("--json", action="store_true")
+        s.add_argument("--verify", action="store_true",
+                       help="re-hash every file against the manifest's sha256 (sizes are always checked)")
         s.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("download", help="download an official MovieLens archive into data/raw/")
@@ -326,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", help="run name (default: the model name)")
     s.add_argument("--params", help="YAML file of hyper-parameters")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyper-parameter, e.g. lr=1e-3")
-    s.add_argument("--epochs", type=int)
+    s.add_argument("--epochs", type=_POSITIVE)
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--k", type=int, nargs="+", default=[20, 50, 100])
+    s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100])
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     s.add_argument("--tracking-uri")
@@ -340,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir")
     s.add_argument("--data", required=True)
     s.add_argument("--split", default="test", choices=["validation", "test"])
-    s.add_argument("--k", type=int, nargs="+", default=[20, 50, 100])
-    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100])
+    s.add_argument("--batch-size", type=_POSITIVE, default=1000)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
@@ -351,10 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri")
     s.add_argument("--data", required=True, help="dataset directory (user histories, id maps)")
     s.add_argument("--users", default="all", help="all | comma-separated ids | a file of ids")
-    s.add_argument("--k", type=int, default=100)
+    s.add_argument("--k", type=_POSITIVE, default=100)
     s.add_argument("--out", required=True, help="output .parquet or .csv")
     s.add_argument("--format", choices=["parquet", "csv"])
-    s.add_argument("--batch-size", type=int, default=2000)
+    s.add_argument("--batch-size", type=_POSITIVE, default=2000)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_recommend)
 
@@ -374,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     s.add_argument("--tracking-uri")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--port", type=_PORT, default=5000)
     s.set_defaults(func=cmd_ui)
     return p
 
@@ -382,7 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recvae`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"recvae: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
     )
@@ -399,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecvaeError as e:
         if args.debug:
             raise
-        print(f"recvae: error: {e}", file=sys.stderr)
+        # one line whatever a library put in the message (its own line breaks, a path's tab)
+        print(f"recvae: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("recvae: interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ hyper-parameters are checked against the model class's own fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -176,17 +177,24 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
     return cfg
 
 
+def read_yaml(path: Path, expected: str = "") -> Any:
+    """The YAML document in ``path``; invalid YAML is a one-line RecvaeError naming the line."""
+    try:
+        return yaml.safe_load(path.read_bytes())  # bytes: YAML's reader names a bad byte's position
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        hint = f"; expected {expected}" if expected else ""
+        raise RecvaeError(f"{path}:{line} invalid YAML ({problem}){hint}") from None
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline YAML file; ``overrides`` maps dotted keys to values (``data.path``)."""
     p = Path(path)
     if not p.is_file():
         raise RecvaeError(f"{p}: config file not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise RecvaeError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(p)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value, str(p))
     return parse_config(raw, str(p))
@@ -232,6 +240,22 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                 f"{source}: evaluation.table: {name!r} is not computed; expected one of "
                 f"{', '.join(known)} (metric_at_k for k in evaluation.ks)"
             )
+    from recvae.data.split import MAX_SEED
+
+    if not 0 <= cfg.data.split.seed <= MAX_SEED:
+        raise RecvaeError(
+            f"{source}: data.split.seed: expected an integer in [0, {MAX_SEED}], got {cfg.data.split.seed}"
+        )
+    threshold = cfg.data.preprocess.threshold
+    if threshold is not None and not math.isfinite(threshold):
+        raise RecvaeError(
+            f"{source}: data.preprocess.threshold: expected a finite number or null, got {threshold}"
+        )
+    for key, value in (("evaluation.batch_size", cfg.evaluation.batch_size),
+                       ("recommend.k", cfg.recommend.k),
+                       ("recommend.batch_size", cfg.recommend.batch_size)):
+        if value < 1:
+            raise RecvaeError(f"{source}: {key}: expected a positive integer, got {value}")
     if cfg.recommend.format not in ("parquet", "csv"):
         raise RecvaeError(
             f"{source}: recommend.format: expected parquet or csv, got {cfg.recommend.format!r}"
@@ -251,25 +275,13 @@ def validate(cfg: PipelineConfig, source: str) -> None:
 
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:
     """Instantiate the model of ``m`` with its params (unknown params are errors)."""
-    from recvae.models import model_class
+    from recvae.models import create_model, model_class
 
-    cls = model_class(m.model)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in m.params if k not in fields]
-    if unknown:
-        raise RecvaeError(
-            f"{where}.params: unknown parameter {unknown[0]!r} for {m.model}; "
-            f"expected one of {', '.join(sorted(fields))}"
-        )
+    fields = {f.name for f in dataclasses.fields(model_class(m.model)) if f.init}
     params = dict(m.params)
     if device is not None and "device" in fields and "device" not in params:
         params["device"] = device
-    try:
-        return cls(**params)
-    except RecvaeError as e:
-        raise RecvaeError(f"{where}.params: {e}") from None
-    except TypeError as e:
-        raise RecvaeError(f"{where}.params: {e}") from None
+    return create_model(m.model, params, where=f"{where}.params")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

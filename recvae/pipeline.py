@@ -18,7 +18,7 @@ from typing import Any
 
 from recvae.config import ModelConfig, PipelineConfig, build_model, to_dict
 from recvae.data.dataset import Dataset
-from recvae.data.ingest import ingest
+from recvae.data.ingest import drop_lines, ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.base import Callback, EpochReport, Recommender
@@ -225,6 +225,8 @@ def run_pipeline(
         f"{time.perf_counter() - t0:.1f}s): {format_summary(dataset.summary(), one_line=True)}",
         flush=True,
     )
+    for line in drop_lines(dataset.manifest):
+        print(f"  {line}", flush=True)
     output_dir = Path(cfg.output_dir)
     resolved = to_dict(cfg)
     common = {"data": resolved["data"], "evaluation": resolved["evaluation"]}

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,8 +45,7 @@ def iter_topk(
     show_progress: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(row, item, score)`` arrays batch by batch; see :func:`recommend_topk`."""
-    if k <= 0:
-        raise RecvaeError(f"k must be a positive integer, got {k}")
+    _check_sizes(k, batch_size)
     history = history.tocsr()
     n_rows, n_items = history.shape
     k = min(k, n_items)
@@ -69,6 +69,12 @@ def iter_topk(
             idx[keep].astype(np.int64),
             val[keep].astype(np.float32),
         )
+
+
+def _check_sizes(k: int, batch_size: int) -> None:
+    for name, value in (("k", k), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise RecvaeError(f"{name} must be a positive integer, got {value!r}")
 
 
 def recommend_topk(
@@ -164,6 +170,7 @@ def write_recommendations(
 
         write_recommendations(model, dataset, "topk.csv", k=10, users=["42", "7"])
     """
+    _check_sizes(k, batch_size)  # before anything is written (iter_topk checks only when run)
     model.check_items(dataset.item_ids, what="the dataset")
     fmt = format or infer_format(out)
     if fmt not in ("parquet", "csv"):

@@ -75,11 +75,16 @@ def test_ingest_evaluate_split_and_reuse(
                               "--out", out)
     assert code == 0
     assert stdout.splitlines()[0] == f"wrote {out}"
+    # what preprocessing and the split dropped, where the user looks
+    assert stdout.splitlines()[1] == ("dropped 52,256 interactions (51.8 %) with a value not above "
+                                      "preprocess.threshold (3.5)")
+    assert re.search(r"^dropped [\d,]+ interactions \([\d.]+ %\) of users with fewer than "
+                     r"preprocess\.min_user_items = 5 items$", stdout, re.M)
     assert re.search(r"^users\s+603$", stdout, re.M)
     assert re.search(r"^validation_users\s+60$", stdout, re.M)  # default: 10 % of 603
     assert re.search(r"^train_interactions\s+[\d,]+$", stdout, re.M)
 
-    code, table, _ = run_cli(capsys, "evaluate-split", out)
+    code, table, _ = run_cli(capsys, "evaluate-split", out, "--verify")
     assert code == 0
     assert table.splitlines()[0].startswith(f"{out}: ml-latest-small (movielens)")
     for row in ("protocol", "users", "items", "train_users", "test_users_with_targets",
@@ -93,6 +98,19 @@ def test_ingest_evaluate_split_and_reuse(
 
     code, as_json, _ = run_cli(capsys, "summary", out, "--json")
     assert code == 0 and json.loads(as_json)["users"] == 603
+
+
+def test_allow_negative(tmp_path: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
+    log = tmp_path / "events.csv"
+    log.write_text("user,item,score\n" + "".join(
+        f"{u},{i},{-1 if (u + i) % 4 == 0 else 1}\n" for u in range(40) for i in range(10)))
+    args = ["ingest", "--source", "table", "--path", log, "--out", out, "--option", "value_col=score",
+            "--threshold", "none", "--n-heldout-users", "4"]
+    assert_user_error(*run_cli(capsys, *args), r"events\.csv: 100 interaction\(s\) with a negative "
+                      r"value \(first: user 0, item 0, value -1\)", "--allow-negative")
+    assert nothing_written(out)
+    code, stdout, _ = run_cli(capsys, *args, "--allow-negative", "--json")
+    assert code == 0 and json.loads(stdout.partition("\n")[2])["interactions"] == 400
 
 
 def test_ingest_from_config_with_overrides(ml_small_zip: Path, out: Path,
@@ -190,7 +208,7 @@ def test_ingest_argument_errors(ml_small_zip: Path, out: Path, capsys: pytest.Ca
     assert_user_error(*res, "--source and --path")
     res = run_cli(capsys, "ingest", "--source", "movielens", "--path", ml_small_zip, "--out", out,
                   "--threshold", "high")
-    assert_user_error(*res, "--threshold 'high': expected a number")
+    assert_user_error(*res, r"ingest: argument --threshold: expected a number.*got 'high'")
     res = run_cli(capsys, "ingest", "--source", "table", "--path", ml_small_zip, "--out", out,
                   "--option", "user_col")
     assert_user_error(*res, "--option 'user_col': expected KEY=VALUE")

@@ -2,7 +2,8 @@
 
 Layout of a dataset directory::
 
-    manifest.json                  source sha256, parameters, counts, cache key
+    manifest.json                  source sha256, parameters, counts, drops, cache key, and
+                                   the size and sha256 of every file below
     users.parquet, items.parquet   index → original id
     train.npz                      training users × items (CSR, float32)
     train_users.npy                row → user index
@@ -14,6 +15,11 @@ Strong generalization (Liang et al.): evaluation users are disjoint from trainin
 Weak generalization (random / temporal / predefined splits): every user is a training user; the
 validation part's fold-in is the training row, and the test part's fold-in is the full training
 history (training + validation items), so known items are masked at test time.
+
+A dataset that changed after it was written is refused on load: every file's size is checked
+against the manifest, small files are re-hashed every time and the matrices too with
+``verify=True`` (``recvae evaluate-split --verify``); the manifest's counts are checked against
+the arrays.
 """
 
 from __future__ import annotations
@@ -29,10 +35,24 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recvae.errors import RecvaeError
-from recvae.io import atomic_dir
+from recvae.io import (
+    atomic_dir,
+    load_npy,
+    load_npz,
+    read_json,
+    read_parquet_column,
+    save_npy,
+    sha256_file,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest's "files" (size and sha256 of each file) and "drops"
 PART_NAMES = ("validation", "test")
+FILES = (
+    "train.npz", "train_users.npy", "users.parquet", "items.parquet",
+    *(f"{name}_{kind}" for name in PART_NAMES for kind in ("fold_in.npz", "holdout.npz", "users.npy")),
+)
+#: Files up to this size are re-hashed on every load; larger ones with ``verify=True``.
+ALWAYS_HASH_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -161,74 +181,128 @@ class Dataset:
         self._check_shapes()
         with atomic_dir(path) as tmp:
             sp.save_npz(tmp / "train.npz", self.train.astype(np.float32), compressed=False)
-            np.save(tmp / "train_users.npy", self.train_users.astype(np.int64))
+            save_npy(tmp / "train_users.npy", self.train_users.astype(np.int64))
             for name in PART_NAMES:
                 p = self.part(name)
                 sp.save_npz(tmp / f"{name}_fold_in.npz", p.fold_in.astype(np.float32), compressed=False)
                 sp.save_npz(tmp / f"{name}_holdout.npz", p.holdout.astype(np.float32), compressed=False)
-                np.save(tmp / f"{name}_users.npy", p.users.astype(np.int64))
+                save_npy(tmp / f"{name}_users.npy", p.users.astype(np.int64))
             pd.DataFrame({"user_id": self.user_ids}).to_parquet(tmp / "users.parquet", index=False)
             pd.DataFrame({"item_id": self.item_ids}).to_parquet(tmp / "items.parquet", index=False)
-            manifest = {"format": FORMAT_VERSION, **self.manifest, "counts": self.summary()}
+            files = {
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in FILES
+            }
+            manifest = {
+                "format": FORMAT_VERSION, **self.manifest, "counts": self.summary(), "files": files
+            }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         self.manifest = manifest
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Dataset:
-        """Read a dataset written by :meth:`save`."""
+    def load(cls, path: str | os.PathLike, *, verify: bool = False) -> Dataset:
+        """Read a dataset written by :meth:`save`.
+
+        Every file's size is checked against the manifest, and its sha256 too when it is small
+        (:data:`ALWAYS_HASH_BYTES`) or ``verify`` is set; the manifest's counts are checked
+        against the arrays. Any difference is a RecvaeError naming the file.
+        """
         root = Path(path)
         mpath = root / "manifest.json"
         if not mpath.is_file():
             raise RecvaeError(f"{root}: not a recvae dataset (no manifest.json); run `recvae ingest` first")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise RecvaeError(f"{mpath}: invalid JSON ({e})") from None
+        manifest = read_json(mpath, "a recvae dataset manifest")
         if manifest.get("format") != FORMAT_VERSION:
             raise RecvaeError(
                 f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}; re-ingest"
             )
-        files = ["train.npz", "train_users.npy", "users.parquet", "items.parquet"] + [
-            f"{name}_{kind}" for name in PART_NAMES for kind in ("fold_in.npz", "holdout.npz", "users.npy")
-        ]
-        missing = [f for f in files if not (root / f).is_file()]
+        missing = [f for f in FILES if not (root / f).is_file()]
         if missing:
             raise RecvaeError(f"{root}: incomplete dataset, missing {', '.join(missing)}; re-ingest")
+        _check_files(root, manifest, verify)
 
         def csr(name: str) -> sp.csr_matrix:
-            return sp.load_npz(root / f"{name}.npz").tocsr().astype(np.float32)
+            return load_npz(root / f"{name}.npz", _EXPECTED).astype(np.float32)
+
+        def users(name: str) -> np.ndarray:
+            return load_npy(root / f"{name}_users.npy", _EXPECTED)
 
         parts = {
-            name: Part(
-                fold_in=csr(f"{name}_fold_in"),
-                holdout=csr(f"{name}_holdout"),
-                users=np.load(root / f"{name}_users.npy"),
-            )
+            name: Part(fold_in=csr(f"{name}_fold_in"), holdout=csr(f"{name}_holdout"), users=users(name))
             for name in PART_NAMES
         }
         ds = cls(
             train=csr("train"),
-            train_users=np.load(root / "train_users.npy"),
+            train_users=users("train"),
             validation=parts["validation"],
             test=parts["test"],
-            user_ids=pd.read_parquet(root / "users.parquet")["user_id"].to_numpy(),
-            item_ids=pd.read_parquet(root / "items.parquet")["item_id"].to_numpy(),
+            user_ids=read_parquet_column(root / "users.parquet", "user_id"),
+            item_ids=read_parquet_column(root / "items.parquet", "item_id"),
             manifest=manifest,
         )
-        ds._check_shapes()
+        ds._check_shapes(root)
+        ds._check_counts(mpath)
         return ds
 
-    def _check_shapes(self) -> None:
+    def _check_counts(self, mpath: Path) -> None:
+        """The manifest's counts must be those of the arrays (an edited manifest is refused)."""
+        recorded = self.manifest.get("counts")
+        if not isinstance(recorded, dict):
+            raise RecvaeError(f"{mpath}: no 'counts' mapping; re-ingest")
+        for key, actual in self.summary().items():
+            value = recorded.get(key)
+            # JSON round-trips these ints, strings and floats exactly; the type check keeps
+            # true from passing for 1
+            if type(value) is not type(actual) or value != actual:
+                raise RecvaeError(
+                    f"{mpath}: counts.{key} is {value!r} but the dataset's arrays give {actual!r} "
+                    "(the manifest was edited or belongs to other files); re-ingest"
+                )
+
+    def _check_shapes(self, root: Path | None = None) -> None:
+        where = f"{root}: " if root is not None else ""
         n_items = len(self.item_ids)
         mats = {"train": self.train}
         for name in PART_NAMES:
             p = self.part(name)
             mats[f"{name}_fold_in"], mats[f"{name}_holdout"] = p.fold_in, p.holdout
             if not (p.fold_in.shape[0] == p.holdout.shape[0] == len(p.users)):
-                raise RecvaeError(f"dataset part {name!r}: fold-in, holdout and users disagree in rows")
+                raise RecvaeError(f"{where}dataset part {name!r}: fold-in, holdout and users disagree in rows")
         for name, m in mats.items():
             if m.shape[1] != n_items:
-                raise RecvaeError(f"dataset {name}: {m.shape[1]} columns, expected {n_items} items")
+                raise RecvaeError(f"{where}dataset {name}: {m.shape[1]} columns, expected {n_items} items")
         if self.train.shape[0] != len(self.train_users):
-            raise RecvaeError("dataset train: rows and train_users disagree")
+            raise RecvaeError(f"{where}dataset train: rows and train_users disagree")
+        for name, users in (("train", self.train_users), *((n, self.part(n).users) for n in PART_NAMES)):
+            if users.ndim != 1 or users.dtype.kind not in "iu" or (
+                len(users) and (users.min() < 0 or users.max() >= self.n_users)
+            ):
+                raise RecvaeError(
+                    f"{where}dataset {name}_users: expected indices into the {self.n_users} user ids"
+                )
+
+
+_EXPECTED = "a file written by `recvae ingest` (re-ingest)"
+
+
+def _check_files(root: Path, manifest: dict[str, Any], verify: bool) -> None:
+    """Each file's size, and sha256 where cheap or asked, against ``manifest["files"]``."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise RecvaeError(f"{root / 'manifest.json'}: no 'files' mapping (sizes and sha256); re-ingest")
+    for name in FILES:
+        entry = files.get(name)
+        path = root / name
+        if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int):
+            raise RecvaeError(f"{root / 'manifest.json'}: files.{name}: no size and sha256; re-ingest")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise RecvaeError(
+                f"{path}: {size:,} bytes, the manifest records {entry['bytes']:,} (truncated or "
+                "replaced since ingest); re-ingest"
+            )
+        if (verify or size <= ALWAYS_HASH_BYTES) and sha256_file(path) != entry.get("sha256"):
+            raise RecvaeError(
+                f"{path}: contents differ from the sha256 in the manifest (modified since ingest); "
+                "re-ingest"
+            )

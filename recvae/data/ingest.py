@@ -1,7 +1,8 @@
 """Ingestion: read → preprocess → split → Dataset on disk, reused when nothing changed.
 
 The dataset directory's manifest records a cache key (hash of the source files' SHA-256 and of
-every parameter); a later ingest with the same inputs loads it instead of recomputing.
+every parameter); a later ingest with the same inputs loads it instead of recomputing. It also
+records every interaction dropped on the way, by reason (``drops``, see :func:`drop_lines`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,58 @@ from recvae.data.preprocess import preprocess
 from recvae.data.spec import DataConfig
 from recvae.data.sources import read_source
 from recvae.errors import RecvaeError
-from recvae.io import sha256_file
+from recvae.io import read_json, remove_stale, sha256_file
 
 log = logging.getLogger(__name__)
+
+# What each key of a manifest's ``drops`` counts, for the lines printed at ingest.
+_DROP_REASONS = {
+    "below_threshold": "with a value not above preprocess.threshold ({threshold})",
+    "duplicates": "repeating a (user, item) pair (the latest kept)",
+    "min_item_users": "of items with fewer than preprocess.min_item_users = {min_item_users} users",
+    "min_user_items": "of users with fewer than preprocess.min_user_items = {min_user_items} items",
+    "unknown_items": "in validation/test on items that no training interaction has (outside the "
+    "model's item vocabulary)",
+}
+
+
+def drop_lines(manifest: dict[str, Any]) -> list[str]:
+    """One line per reason that dropped interactions: the count, the share of the raw log and why.
+
+    Example::
+
+        for line in drop_lines(dataset.manifest):
+            print(line)   # dropped 48,580 interactions (48.2 %) with a value not above ...
+    """
+    drops = manifest.get("drops") or {}
+    raw = manifest.get("raw_interactions") or 0
+    params = {"threshold": None, "min_item_users": 0, "min_user_items": 0,
+              **(manifest.get("preprocess") or {})}
+    lines = []
+    for key, n in drops.items():
+        if not n:
+            continue
+        share = f" ({100 * n / raw:.1f} %)" if raw else ""
+        reason = _DROP_REASONS.get(key, key).format(**params)
+        lines.append(f"dropped {n:,} interactions{share} {reason}")
+    return lines
 
 def source_digest(path: str | Path) -> dict[str, str]:
     """SHA-256 of the source file, or of every file under a source directory."""
     p = Path(path)
     if p.is_file():
-        return {p.name: sha256_file(p)}
-    if p.is_dir():
-        return {
-            str(f.relative_to(p)): sha256_file(f) for f in sorted(p.rglob("*")) if f.is_file()
-        }
-    raise RecvaeError(f"{p}: no such file or folder; expected the raw log (data.path / --path)")
+        files = {p.name: p}
+    elif p.is_dir():
+        files = {str(f.relative_to(p)): f for f in sorted(p.rglob("*")) if f.is_file()}
+    else:
+        raise RecvaeError(f"{p}: no such file or folder; expected the raw log (data.path / --path)")
+    digest = {}
+    for name, f in files.items():
+        try:
+            digest[name] = sha256_file(f)
+        except OSError as e:  # unreadable: permissions, an I/O error
+            raise RecvaeError(f"{f}: cannot read ({e.strerror or e}); expected the raw log") from None
+    return digest
 
 
 def cache_key(data: DataConfig, digest: dict[str, str]) -> str:
@@ -51,18 +90,21 @@ def cache_key(data: DataConfig, digest: dict[str, str]) -> str:
 
 def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
     """Build (or reuse) the dataset described by ``data``; returns (dataset, reused)."""
+    out = data.out_dir
+    remove_stale(out)  # what a killed ingest left beside it
     digest = source_digest(data.path)
     key = cache_key(data, digest)
-    out = data.out_dir
     manifest_path = out / "manifest.json"
     if not force and manifest_path.is_file():
         try:
-            cached = json.loads(manifest_path.read_text()).get("key")
-        except json.JSONDecodeError:
+            cached = read_json(manifest_path).get("key")
+        except RecvaeError:
             cached = None
         if cached == key:
             try:
-                dataset = Dataset.load(out)
+                # Re-hash everything: this dataset is about to feed hours of training, and
+                # hashing it costs less than the source digest above.
+                dataset = Dataset.load(out, verify=True)
             except RecvaeError as e:  # damaged since it was written: build it again
                 log.warning("rebuilding %s: %s", out, e)
             else:
@@ -75,13 +117,16 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
     timings["read_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     pp = data.preprocess
+    drops: dict[str, int] = {}
     df = preprocess(
         raw,
         threshold=pp.threshold,
         min_item_users=pp.min_item_users,
         min_user_items=pp.min_user_items,
         iterate=pp.iterate,
+        allow_negative=pp.allow_negative,
         source=str(data.path),
+        drops=drops,
     )
     timings["preprocess_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -98,6 +143,7 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
             "key": key,
             "raw_interactions": len(raw),
             "positive_interactions": len(df),
+            "drops": {**drops, **ds.manifest.get("drops", {})},
             "timings": timings,
         }
     )

@@ -13,13 +13,35 @@ import pandas as pd
 from recvae.errors import RecvaeError
 
 
-def binarize(df: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+#: The reasons an interaction is dropped before the split, as keys of ``drops``; the split adds
+#: ``unknown_items`` (see ``recvae.data.split``).
+DROP_REASONS = ("below_threshold", "duplicates", "min_item_users", "min_user_items")
+
+
+def binarize(
+    df: pd.DataFrame,
+    threshold: float | None,
+    *,
+    allow_negative: bool = False,
+    source: str = "the input",
+) -> pd.DataFrame:
     """Keep interactions with ``value > threshold`` as positives of value 1.
 
-    ``threshold=None`` keeps every interaction (e.g. MSD play counts, implicit logs).
+    ``threshold=None`` keeps every interaction (e.g. MSD play counts, implicit logs); a negative
+    value is then an error (it would count as a like) unless ``allow_negative``.
     """
+    values = df["value"].to_numpy()
     if threshold is not None:
-        df = df[df["value"].to_numpy() > threshold]
+        return df[values > threshold].assign(value=1.0)
+    negative = values < 0
+    if negative.any() and not allow_negative:
+        i = int(np.argmax(negative))
+        raise RecvaeError(
+            f"{source}: {int(negative.sum()):,} interaction(s) with a negative value (first: user "
+            f"{df['user'].iloc[i]}, item {df['item'].iloc[i]}, value {values[i]:g}); with "
+            "preprocess.threshold null every interaction is a positive: set a threshold, or "
+            "preprocess.allow_negative: true (--allow-negative) to keep them"
+        )
     return df.assign(value=1.0)
 
 
@@ -47,27 +69,40 @@ def drop_duplicates(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def filter_min_counts(
-    df: pd.DataFrame, min_item_users: int = 0, min_user_items: int = 5, *, iterate: bool = False
+    df: pd.DataFrame,
+    min_item_users: int = 0,
+    min_user_items: int = 5,
+    *,
+    iterate: bool = False,
+    drops: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """Drop items with fewer than ``min_item_users`` users, then users with fewer than
     ``min_user_items`` items, in one pass (the paper's order); ``iterate=True`` repeats until
-    both hold (k-core).
+    both hold (k-core). ``drops``, if given, gains the interactions each filter dropped
+    (keys ``min_item_users`` and ``min_user_items``).
     """
     if min_item_users < 0 or min_user_items < 0:
         raise RecvaeError(
             f"min counts must be ≥ 0, got min_item_users={min_item_users}, "
             f"min_user_items={min_user_items}"
         )
+    counts = {"min_item_users": 0, "min_user_items": 0}
     while True:
         n_before = len(df)
-        if min_item_users > 0:
-            codes = _codes(df["item"])
-            df = df[np.bincount(codes)[codes] >= min_item_users]
-        if min_user_items > 0:
-            codes = _codes(df["user"])
-            df = df[np.bincount(codes)[codes] >= min_user_items]
+        for key, column, minimum in (
+            ("min_item_users", "item", min_item_users), ("min_user_items", "user", min_user_items)
+        ):
+            if minimum > 0:
+                codes = _codes(df[column])
+                n = len(df)
+                df = df[np.bincount(codes)[codes] >= minimum]
+                counts[key] += n - len(df)
         if not iterate or len(df) == n_before:
-            return df
+            break
+    if drops is not None:
+        for key, n in counts.items():
+            drops[key] = drops.get(key, 0) + n
+    return df
 
 
 def preprocess(
@@ -77,14 +112,25 @@ def preprocess(
     min_item_users: int = 0,
     min_user_items: int = 5,
     iterate: bool = False,
+    allow_negative: bool = False,
     source: str = "the input",
+    drops: dict[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Binarize → drop duplicates → min-count filters; raises if nothing is left."""
+    """Binarize → drop duplicates → min-count filters; raises if nothing is left.
+
+    ``drops``, if given, is filled with the number of interactions each step dropped, one key
+    per reason of :data:`DROP_REASONS`.
+    """
     if df.empty:
         raise RecvaeError(f"{source}: no interactions to preprocess")
-    out = filter_min_counts(
-        drop_duplicates(binarize(df, threshold)), min_item_users, min_user_items, iterate=iterate
-    )
+    counts = dict.fromkeys(DROP_REASONS, 0)
+    positives = binarize(df, threshold, allow_negative=allow_negative, source=source)
+    counts["below_threshold"] = len(df) - len(positives)
+    unique = drop_duplicates(positives)
+    counts["duplicates"] = len(positives) - len(unique)
+    out = filter_min_counts(unique, min_item_users, min_user_items, iterate=iterate, drops=counts)
+    if drops is not None:
+        drops.update(counts)
     if out.empty:
         raise RecvaeError(
             f"{source}: no interactions left after preprocessing (threshold={threshold}, "

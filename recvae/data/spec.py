@@ -20,6 +20,9 @@ class PreprocessConfig:
     min_item_users: int = 0  # items with fewer users are dropped first
     min_user_items: int = 5  # then users with fewer items
     iterate: bool = False  # repeat both filters until stable (k-core)
+    # with threshold null, negative values are an error (they would count as positives)
+    # unless allowed here
+    allow_negative: bool = False
 
 
 @dataclass

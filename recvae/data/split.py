@@ -26,6 +26,7 @@ from recvae.errors import RecvaeError
 log = logging.getLogger(__name__)
 
 SEED = 98765  # the reference notebook's seed, for both the user permutation and the fold-in
+MAX_SEED = 2**32 - 2  # RandomState's seeds are below 2**32, and the random split uses seed + 1
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -80,7 +81,8 @@ def strong_generalization(
     Users (sorted ids) are permuted with ``RandomState(seed)``; the last ``n_heldout_users`` are
     test users, the ``n_heldout_users`` before them validation users, the rest training users.
     The items are those seen by training users, in order of first appearance; validation and
-    test interactions on other items are dropped; each evaluation user with ≥ 5 items gets
+    test interactions on other items are dropped (counted in ``manifest["drops"]
+    ["unknown_items"]``); each evaluation user with ≥ 5 items gets
     ``int(test_prop · n)`` held-out targets, the rest is the fold-in.
     """
     if n_heldout_users <= 0:
@@ -127,7 +129,7 @@ def strong_generalization(
     manifest = _manifest(
         "strong", method="strong", n_heldout_users=n_heldout_users, test_prop=test_prop, seed=seed
     )
-    manifest["dropped_unknown_item_interactions"] = dropped
+    manifest["drops"] = {"unknown_items": dropped}
     return Dataset(
         train=train,
         train_users=perm[:n_train].astype(np.int64),
@@ -142,7 +144,11 @@ def strong_generalization(
 def _weak_dataset(
     df: pd.DataFrame, is_test: np.ndarray, validation_prop: float, seed: int, manifest: dict
 ) -> Dataset:
-    """Weak-generalization Dataset from a per-row test mask; validation carved from training rows."""
+    """Weak-generalization Dataset from a per-row test mask; validation carved from training rows.
+
+    Test rows on items no training row has are dropped (``manifest["drops"]["unknown_items"]``):
+    no model can score an item outside its training vocabulary.
+    """
     if not 0.0 < validation_prop < 1.0:
         raise RecvaeError(f"split.validation_prop must be in (0, 1), got {validation_prop}")
     user_codes, user_ids = pd.factorize(df["user"], sort=True)
@@ -165,7 +171,7 @@ def _weak_dataset(
     history = _csr(user_codes[train_idx], item_code[train_idx], shape)
     test = _csr(user_codes[test_idx], item_code[test_idx], shape)
     users = np.arange(n_users, dtype=np.int64)
-    manifest = {**manifest, "dropped_unknown_item_interactions": int(is_test.sum() - len(test_idx))}
+    manifest = {**manifest, "drops": {"unknown_items": int(is_test.sum() - len(test_idx))}}
     manifest["split"] = {**manifest["split"], "validation_prop": validation_prop, "seed": seed}
     return Dataset(
         train=train,
@@ -295,4 +301,7 @@ def apply_split(df: pd.DataFrame, s: SplitConfig) -> Dataset:
         raise RecvaeError(
             f"data.split.method: unknown split {s.method!r}; expected one of {', '.join(SPLITS)}"
         )
+    # numpy's RandomState takes [0, 2**32); the random split also draws with seed + 1
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:
+        raise RecvaeError(f"data.split.seed: expected an integer in [0, {MAX_SEED}], got {s.seed!r}")
     return SPLITS[s.method](df, s)

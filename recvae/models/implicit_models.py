@@ -28,10 +28,12 @@ from threadpoolctl import threadpool_limits
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
+from recvae.io import load_npz, save_npy
 from recvae.models.base import (
     Callback,
     EpochReport,
     Recommender,
+    load_state_array,
     report_all,
     report_fit_seconds,
     training_matrix,
@@ -106,10 +108,12 @@ class _FactorModel(Recommender):
 
     def _save_state(self, path: Path) -> None:
         assert self.item_factors_ is not None
-        np.save(path / "item_factors.npy", self.item_factors_)
+        save_npy(path / "item_factors.npy", self.item_factors_)
 
     def _load_state(self, path: Path) -> None:
-        self.item_factors_ = np.load(path / "item_factors.npy", allow_pickle=False)
+        # columns: the factors (implicit may pad them on a GPU), + BPR's item bias
+        shape = (self.n_items, None)
+        self.item_factors_ = load_state_array(path / "item_factors.npy", self.name, shape)
         self._fold_in_cache = None
 
 
@@ -333,4 +337,10 @@ class ItemKNN(Recommender):
         sp.save_npz(path / "similarity.npz", self.similarity_, compressed=False)
 
     def _load_state(self, path: Path) -> None:
-        self.similarity_ = sp.load_npz(path / "similarity.npz").tocsr()
+        similarity = load_npz(path / "similarity.npz", f"the {self.name} similarity matrix")
+        if similarity.shape != (self.n_items, self.n_items):
+            raise RecvaeError(
+                f"{path / 'similarity.npz'}: shape {similarity.shape}; expected "
+                f"{(self.n_items, self.n_items)} (the items of items.parquet)"
+            )
+        self.similarity_ = similarity
