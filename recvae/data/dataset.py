@@ -9,6 +9,10 @@ Layout of a dataset directory::
     {validation,test}_fold_in.npz  what the model sees for evaluation users
     {validation,test}_holdout.npz  what it must find
     {validation,test}_users.npy    row → user index
+    seen.npz                       every (user, item) pair of the raw log, whatever its value or
+                                   threshold, over the items (bool CSR); rows: the users of
+                                   users.parquet, then those of dropped_users.parquet
+    dropped_users.parquet          users of the raw log that preprocessing dropped
 
 Strong generalization (Liang et al.): evaluation users are disjoint from training users.
 Weak generalization (random / temporal / predefined splits): every user is a training user; the
@@ -31,7 +35,10 @@ import scipy.sparse as sp
 from recvae.errors import RecvaeError
 from recvae.io import atomic_dir
 
-FORMAT_VERSION = 1
+# Format 2 added seen.npz and dropped_users.parquet (manifest "seen": true); format 1 datasets
+# still load, without them.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 PART_NAMES = ("validation", "test")
 
 
@@ -61,6 +68,10 @@ class Dataset:
         ds = Dataset.load("runs/data/ml-latest-small")
         ds.train            # CSR (n_train_users, n_items)
         ds.test.fold_in     # CSR (n_test_users, n_items)
+
+    ``seen`` (bool CSR) records every pair of the raw log, positive or not, for the users of
+    ``user_ids`` followed by ``dropped_user_ids`` (users of the log that preprocessing dropped);
+    recommendations exclude it. None for datasets built in memory or by format 1.
     """
 
     train: sp.csr_matrix
@@ -70,6 +81,8 @@ class Dataset:
     user_ids: np.ndarray
     item_ids: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
+    seen: sp.csr_matrix | None = None
+    dropped_user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
     @property
     def n_items(self) -> int:
@@ -90,12 +103,24 @@ class Dataset:
             raise RecvaeError(f"unknown split part {name!r}: expected one of {', '.join(PART_NAMES)}")
         return getattr(self, name)
 
+    @property
+    def raw_user_ids(self) -> np.ndarray:
+        """Every user of the raw log: ``user_ids``, then ``dropped_user_ids`` (the rows of ``seen``)."""
+        if len(self.dropped_user_ids) == 0:
+            return self.user_ids
+        return np.concatenate([self.user_ids, self.dropped_user_ids.astype(self.user_ids.dtype)])
+
     def full_history(self) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Every known interaction per user: (user indices, binary CSR of shape (n, n_items)).
+        """Every known positive per user: (user indices, binary CSR of shape (n, n_items)).
 
         This is what production recommendations are computed from.
         """
         return self._union(self.validation, self.test)
+
+    def training_history(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """What models are given per user: training rows and evaluation users' fold-in, without
+        the held-out targets; (user indices, binary CSR of shape (n, n_items))."""
+        return self._union(self.validation, self.test, holdout=False)
 
     def for_refit(self) -> Dataset:
         """This split with every validation interaction moved into training and no validation targets.
@@ -114,14 +139,16 @@ class Dataset:
             user_ids=self.user_ids,
             item_ids=self.item_ids,
             manifest={**self.manifest, "refit": True},
+            seen=self.seen,
+            dropped_user_ids=self.dropped_user_ids,
         )
 
-    def _union(self, *parts: Part) -> tuple[np.ndarray, sp.csr_matrix]:
-        """(user indices, binary CSR) of the training rows plus the fold-in and holdout of ``parts``,
-        one row per user that has any of them."""
+    def _union(self, *parts: Part, holdout: bool = True) -> tuple[np.ndarray, sp.csr_matrix]:
+        """(user indices, binary CSR) of the training rows plus the fold-in (and ``holdout``) of
+        ``parts``, one row per user that has any of them."""
         mats = [(self.train_users, self.train)]
         for p in parts:
-            mats += [(p.users, p.fold_in), (p.users, p.holdout)]
+            mats += [(p.users, p.fold_in)] + ([(p.users, p.holdout)] if holdout else [])
         rows = np.concatenate([np.repeat(u, np.diff(m.indptr)) for u, m in mats])
         cols = np.concatenate([m.indices for _, m in mats])
         full = sp.csr_matrix(
@@ -169,7 +196,15 @@ class Dataset:
                 np.save(tmp / f"{name}_users.npy", p.users.astype(np.int64))
             pd.DataFrame({"user_id": self.user_ids}).to_parquet(tmp / "users.parquet", index=False)
             pd.DataFrame({"item_id": self.item_ids}).to_parquet(tmp / "items.parquet", index=False)
-            manifest = {"format": FORMAT_VERSION, **self.manifest, "counts": self.summary()}
+            if self.seen is not None:
+                sp.save_npz(tmp / "seen.npz", self.seen.astype(np.bool_), compressed=False)
+                pd.DataFrame({"user_id": self.dropped_user_ids}).to_parquet(
+                    tmp / "dropped_users.parquet", index=False
+                )
+            manifest = {
+                **self.manifest, "format": FORMAT_VERSION, "seen": self.seen is not None,
+                "counts": self.summary(),
+            }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         self.manifest = manifest
         return Path(path)
@@ -185,13 +220,18 @@ class Dataset:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
             raise RecvaeError(f"{mpath}: invalid JSON ({e})") from None
-        if manifest.get("format") != FORMAT_VERSION:
+        version = manifest.get("format")
+        if version not in READABLE_FORMATS:
             raise RecvaeError(
-                f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}; re-ingest"
+                f"{mpath}: dataset format {version!r}, expected one of "
+                f"{', '.join(map(str, READABLE_FORMATS))}; re-ingest"
             )
         files = ["train.npz", "train_users.npy", "users.parquet", "items.parquet"] + [
             f"{name}_{kind}" for name in PART_NAMES for kind in ("fold_in.npz", "holdout.npz", "users.npy")
         ]
+        has_seen = bool(manifest.get("seen"))  # format 2: written when the raw log was known
+        if has_seen:
+            files += ["seen.npz", "dropped_users.parquet"]
         missing = [f for f in files if not (root / f).is_file()]
         if missing:
             raise RecvaeError(f"{root}: incomplete dataset, missing {', '.join(missing)}; re-ingest")
@@ -216,6 +256,9 @@ class Dataset:
             item_ids=pd.read_parquet(root / "items.parquet")["item_id"].to_numpy(),
             manifest=manifest,
         )
+        if has_seen:
+            ds.seen = sp.load_npz(root / "seen.npz").tocsr().astype(np.bool_, copy=False)
+            ds.dropped_user_ids = pd.read_parquet(root / "dropped_users.parquet")["user_id"].to_numpy()
         ds._check_shapes()
         return ds
 
@@ -232,3 +275,10 @@ class Dataset:
                 raise RecvaeError(f"dataset {name}: {m.shape[1]} columns, expected {n_items} items")
         if self.train.shape[0] != len(self.train_users):
             raise RecvaeError("dataset train: rows and train_users disagree")
+        if self.seen is not None:
+            expected = (self.n_users + len(self.dropped_user_ids), n_items)
+            if self.seen.shape != expected:
+                raise RecvaeError(
+                    f"dataset seen: shape {self.seen.shape}, expected {expected} (users + dropped "
+                    "users, items)"
+                )

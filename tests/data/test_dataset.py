@@ -156,11 +156,49 @@ def test_load_wrong_format(strong: Dataset, tmp_path: Path) -> None:
     path = strong.save(tmp_path / "ds")
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "format": 99}))
-    with pytest.raises(RecvaeError, match=rf"dataset format 99, expected {FORMAT_VERSION}; re-ingest"):
+    with pytest.raises(RecvaeError, match=rf"dataset format 99, expected one of 1, {FORMAT_VERSION}; re-ingest"):
         Dataset.load(path)
     (path / "manifest.json").write_text("{not json")
     with pytest.raises(RecvaeError, match=r"manifest\.json: invalid JSON"):
         Dataset.load(path)
+
+
+def test_seen_pairs_round_trip_and_format_1_still_loads(strong: Dataset, tmp_path: Path) -> None:
+    users, full = strong.full_history()
+    seen = sp.vstack([full.astype(bool), sp.csr_matrix(([True], ([0], [3])), shape=(2, strong.n_items))])
+    with_seen = Dataset(**{**strong.__dict__, "seen": seen.tocsr(),
+                           "dropped_user_ids": np.array(["x1", "x2"], dtype=object)})
+    path = with_seen.save(tmp_path / "ds")
+    assert {"seen.npz", "dropped_users.parquet"} <= {p.name for p in path.iterdir()}
+    loaded = Dataset.load(path)
+    assert loaded.seen.dtype == np.bool_ and (loaded.seen != with_seen.seen).nnz == 0
+    assert loaded.raw_user_ids.tolist() == [*strong.user_ids.tolist(), "x1", "x2"]
+    assert loaded.for_refit().seen is loaded.seen
+    # a format-1 dataset (no seen pairs) still loads
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.pop("seen")
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    (path / "seen.npz").unlink()
+    old = Dataset.load(path)
+    assert old.seen is None and len(old.dropped_user_ids) == 0
+    assert_same(old, strong)
+    bad = Dataset(**{**with_seen.__dict__, "seen": seen[:-1].tocsr()})
+    with pytest.raises(RecvaeError, match=r"dataset seen: shape .*expected \(\d+, \d+\)"):
+        bad.save(tmp_path / "bad")
+
+
+def test_training_history_leaves_out_the_targets(strong: Dataset, weak: Dataset) -> None:
+    # strong: both parts' targets; weak: the test targets (validation targets are training rows)
+    for ds, targets in ((strong, strong.validation.holdout.nnz + strong.test.holdout.nnz),
+                        (weak, weak.test.holdout.nnz)):
+        users, full = ds.full_history()
+        t_users, train = ds.training_history()
+        assert set(t_users.tolist()) <= set(users.tolist())
+        assert (train > full[np.searchsorted(users, t_users)]).nnz == 0  # a subset
+        assert full.nnz - train.nnz == targets
+    users, train = strong.training_history()
+    rows = np.searchsorted(users, strong.test.users)
+    assert (train[rows] != strong.test.fold_in).nnz == 0  # evaluation users: their fold-in
 
 
 def test_load_with_a_missing_file(strong: Dataset, tmp_path: Path) -> None:
