@@ -105,14 +105,58 @@ def test_ingest_from_config_with_overrides(ml_small_zip: Path, out: Path,
 
 
 def test_run_dry_run(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # another folder: the file's paths are relative to the file
     code, stdout, _ = run_cli(capsys, "run", QUICKSTART, "--dry-run")
     assert code == 0
-    assert "valid; dataset ml-latest-small" in stdout
+    assert f"valid; data {REPO.resolve() / 'data' / 'ml-latest-small.zip'}; dataset ml-latest-small" in stdout
+    assert f"outputs {REPO.resolve() / 'runs' / 'quickstart'};" in stdout
     assert "models: mult-vae, mult-dae, ease, als, bpr, item-knn, popularity" in stdout
     code, stdout, _ = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--models", "ease,popularity")
     assert code == 0 and stdout.rstrip().endswith("models: ease, popularity")
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_dry_run_checks_models_inputs_and_parameters(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--models", "ease,mult-gan")
+    assert_user_error(*res, "--models: 'mult-gan' is not in", r"quickstart\.yaml", "expected one of mult-vae")
+    # --set paths are the user's typing: relative to the working directory
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--set", "data.path=nope.zip")
+    assert_user_error(*res, r"quickstart\.yaml: data\.path: nope\.zip: no such file or folder")
+    moved = tmp_path / "elsewhere" / "q.yaml"  # the same file in another folder: its data is not there
+    moved.parent.mkdir()
+    moved.write_text(QUICKSTART.read_text())
+    res = run_cli(capsys, "run", moved, "--dry-run")
+    assert_user_error(*res, rf"q\.yaml: data\.path: {tmp_path / 'data' / 'ml-latest-small.zip'}: no such")
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--set", "models=[{model: ease, params: {l2: -1}}]")
+    assert_user_error(*res, r"models\[0\]\.params", "l2")
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--set", "recommend.exclude=seen")
+    assert_user_error(*res, "recommend.exclude: expected all, train or none")
+    assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]
+
+
+def test_help_shows_defaults_and_every_flag_is_explained(capsys: pytest.CaptureFixture) -> None:
+    from recvae.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
+    for name, sub in commands.items():
+        for action in sub._actions:  # noqa: SLF001
+            assert action.help, f"recvae {name} {action.option_strings or action.dest}: no help"
+    with pytest.raises(SystemExit) as exit_:
+        main(["recommend", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "items per user (default: 100)" in text
+    assert "(default: all)" in text and "(default: popularity)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    from recvae import __version__
+
+    assert capsys.readouterr().out.strip() == f"recvae {__version__}"
 
 
 # ------------------------------------------------------------------ ingest errors
