@@ -1,0 +1,130 @@
+"""Time from `recvae ui` to the MLflow UI's first answer, and how many processes it starts.
+
+Each variant serves a copy of the same SQLite store (schema already created) on a free loopback
+port: the seconds until ``GET /`` answers 200, the processes in its tree when it answers and 5 s
+later (job runners start after the server), and whether SIGTERM to the command stops them all.
+``mlflow ui`` with its defaults is what ``recvae ui`` ran before (4 uvicorn workers and MLflow's
+GenAI job runners), measured in the same run for the ratio.
+
+    python benchmarks/ui_startup.py --json benchmarks/results/ui_startup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+from _common import print_table, write_json  # noqa: E402
+
+from tests.helpers import process_tree  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(name: str, cmd: list[str], port: int, limit: float) -> dict[str, object]:
+    """Start ``cmd``, poll ``GET /`` on ``port``, count its processes, stop it with SIGTERM."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    answered = None
+    try:
+        while time.perf_counter() - start < limit and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    if r.status == 200:
+                        answered = time.perf_counter() - start
+                        break
+            except OSError:
+                time.sleep(0.2)
+        at_answer = len(process_tree(proc.pid))
+        time.sleep(5)
+        settled = len(process_tree(proc.pid))
+        t_stop = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)  # the command only: it must stop what it started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+        left = [p for p in _group(proc.pid)]
+        stop_s = time.perf_counter() - t_stop
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever was left over
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return {
+        "command": name,
+        "first_answer_s": round(answered, 1) if answered is not None else None,
+        "processes_at_answer": at_answer,
+        "processes_5s_later": settled,
+        "left_after_sigterm": len(left),
+        "stop_s": round(stop_s, 1),
+    }
+
+
+def _group(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=float, default=180.0, help="seconds to wait for an answer")
+    ap.add_argument("--json", help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+
+    from mlflow.tracking import MlflowClient
+
+    work = Path(tempfile.mkdtemp(prefix="ui-startup-"))
+    try:
+        template = work / "template.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()  # schema, once
+        recvae = str(Path(sys.executable).with_name("recvae"))
+        variants = {
+            "mlflow ui (recvae ui before)": lambda uri, port: [
+                sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                "--host", "127.0.0.1", "--port", str(port)],
+            "recvae ui": lambda uri, port: [
+                recvae, "ui", "--tracking-uri", uri, "--port", str(port)],
+        }
+        rows = []
+        for name, build in variants.items():
+            db = work / f"{len(rows)}.db"
+            shutil.copyfile(template, db)
+            port = free_port()
+            rows.append(measure(name, build(f"sqlite:///{db}", port), port, args.limit))
+            print_table(rows[-1:])
+        print()
+        print_table(rows)
+        write_json(args.json, {"results": rows, "cpu_count": os.cpu_count()})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
