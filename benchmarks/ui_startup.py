@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 from _common import print_table, write_json  # noqa: E402
 
-from tests.helpers import process_tree  # noqa: E402
+from tests.helpers import process_tree, session_processes  # noqa: E402
 
 
 def free_port() -> int:
@@ -62,7 +62,7 @@ def measure(name: str, cmd: list[str], port: int, limit: float) -> dict[str, obj
         except subprocess.TimeoutExpired:
             pass
         time.sleep(1)
-        left = [p for p in _group(proc.pid)]
+        left = session_processes(proc.pid)
         stop_s = time.perf_counter() - t_stop
     finally:
         try:
@@ -78,18 +78,6 @@ def measure(name: str, cmd: list[str], port: int, limit: float) -> dict[str, obj
         "left_after_sigterm": len(left),
         "stop_s": round(stop_s, 1),
     }
-
-
-def _group(pgid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == pgid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

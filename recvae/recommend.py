@@ -305,8 +305,8 @@ def write_recommendations(
     if exclude == "all" and dataset.seen is None:
         raise RecvaeError(
             "exclude all needs the raw log's interactions, which this dataset does not record "
-            "(ingested by an older recvae): re-ingest it (`recvae ingest ... --force`), or use "
-            "exclude train"
+            "(built in memory, or ingested before dataset format 2): re-ingest it (`recvae ingest "
+            "... --force`), or use exclude train"
         )
     audience = resolve_users(dataset, users, fallback=fallback)
     sources = _Sources(dataset, exclude)

@@ -42,3 +42,19 @@ def process_tree(pid: int) -> list[int]:
         tree.append(p)
         todo.extend(children.get(p, []))
     return tree
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of the session ``sid`` (a process started with ``start_new_session=True``
+    leads the session numbered by its pid): its descendants, even once orphaned."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(int(stat.parent.name))
+    return out
