@@ -92,13 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         template = work / "template.db"
         MlflowClient(f"sqlite:///{template}").search_experiments()  # schema, once
-        recvae = str(Path(sys.executable).with_name("recvae"))
         variants = {
             "mlflow ui (recvae ui before)": lambda uri, port: [
                 sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                 "--host", "127.0.0.1", "--port", str(port)],
             "recvae ui": lambda uri, port: [
-                recvae, "ui", "--tracking-uri", uri, "--port", str(port)],
+                sys.executable, "-m", "recvae.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
         }
         rows = []
         for name, build in variants.items():

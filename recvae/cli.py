@@ -300,13 +300,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from recvae.tracking import check_tracking_server, resolve_tracking_uri
+def ui_store_uri(arg: str | None) -> str:
+    """The store ``recvae ui`` serves, by ``recvae.tracking.resolve_tracking_uri``'s rule
+    (``MLFLOW_TRACKING_URI``, else ``arg``, else ``./mlflow.db``; a test keeps them equal).
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    Resolved here because importing ``recvae.tracking`` imports MLflow, seconds of start-up
+    that this process, which only hands over to MLflow's server, would spend for nothing.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return env or arg or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = ui_store_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise RecvaeError(f"the tracking store {uri} is a server already: open it in a browser")
-    check_tracking_server(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().parent.is_dir():
+        raise RecvaeError(f"MLflow tracking database {uri}: its directory does not exist")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     # The UI needs the tracking server only: not MLflow's GenAI job runners (a huey consumer per

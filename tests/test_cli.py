@@ -329,6 +329,24 @@ def test_recommend_exclude_and_fallback_flags(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_ui_serves_the_store_every_command_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from recvae.cli import ui_store_uri
+    from recvae.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for arg in (None, "sqlite:////x/y.db"):
+        assert ui_store_uri(arg) == resolve_tracking_uri(arg)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    for arg in (None, "sqlite:////x/y.db"):
+        assert ui_store_uri(arg) == resolve_tracking_uri(arg)
+    assert_user_error(*run_cli(capsys, "ui"), "http://127.0.0.1:1 is a server already")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    res = run_cli(capsys, "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'no' / 'mlflow.db'}")
+    assert_user_error(*res, "its directory does not exist")
+
+
 @pytest.mark.slow
 def test_ui_answers_with_only_the_server_and_stops_cleanly(tmp_path: Path) -> None:
     """`recvae ui` on a loopback port: GET / answers 200, two processes (MLflow's server command
@@ -348,12 +366,11 @@ def test_ui_answers_with_only_the_server_and_stops_cleanly(tmp_path: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = Path(sys.executable).with_name("recvae")
     log = tmp_path / "ui.log"
     with log.open("w") as sink:
-        proc = subprocess.Popen([str(script), "ui", "--tracking-uri", f"sqlite:///{db}", "--port",
-                                 str(port)], stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "recvae.cli", "ui", "--tracking-uri",
+                                 f"sqlite:///{db}", "--port", str(port)],
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, status = time.monotonic() + 180, None  # generous: CI machines are shared
         while status is None and time.monotonic() < deadline and proc.poll() is None:
