@@ -1,8 +1,10 @@
 """Time from `recvae ui` to the MLflow UI's first answer, and how many processes it starts.
 
 Each variant serves a copy of the same SQLite store (schema already created) on a free loopback
-port: the seconds until ``GET /`` answers 200, the processes in its tree when it answers and 5 s
-later (job runners start after the server), and whether SIGTERM to the command stops them all.
+port: the seconds until ``GET /`` answers 200 and the CPU seconds its processes spent until then
+(about the wall time on a quiet machine: the start-up is single-threaded imports), the processes
+in its tree when it answers and 5 s later (job runners start after the server), and whether
+SIGTERM to the command stops them all.
 ``mlflow ui`` with its defaults is what ``recvae ui`` ran before (4 uvicorn workers and MLflow's
 GenAI job runners), measured in the same run for the ratio.
 
@@ -52,7 +54,8 @@ def measure(name: str, cmd: list[str], port: int, limit: float) -> dict[str, obj
                         break
             except OSError:
                 time.sleep(0.2)
-        at_answer = len(process_tree(proc.pid))
+        tree = process_tree(proc.pid)
+        at_answer, cpu = len(tree), sum(_cpu_seconds(p) for p in tree)
         time.sleep(5)
         settled = len(process_tree(proc.pid))
         t_stop = time.perf_counter()
@@ -73,11 +76,24 @@ def measure(name: str, cmd: list[str], port: int, limit: float) -> dict[str, obj
     return {
         "command": name,
         "first_answer_s": round(answered, 1) if answered is not None else None,
+        # CPU the start-up took (imports are single-threaded): about the wall time when the
+        # machine is quiet, whatever its load now
+        "cpu_s_to_answer": round(cpu, 1),
         "processes_at_answer": at_answer,
         "processes_5s_later": settled,
         "left_after_sigterm": len(left),
         "stop_s": round(stop_s, 1),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of its children that exited (``/proc/PID/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the command name
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> None:
