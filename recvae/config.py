@@ -2,6 +2,17 @@
 
 Unknown keys and wrong types are errors that name the file and the key. Model
 hyper-parameters are checked against the model class's own fields.
+
+Paths: a relative path written in a pipeline file (``data.path``, ``data.out``,
+``output_dir``, the file of a ``sqlite:///`` ``tracking.uri``; fields marked with
+``metadata={"path": ...}``) is resolved against the folder of that file, so
+``recvae run /anywhere/pipelines/x.yaml`` reads and writes the same files from any working
+directory. Everything the user types stays relative to the working directory, as for every
+other command: ``--set data.path=...`` values and the CLI's own path arguments. So do the
+defaults of keys the file does not write (``output_dir: runs``, ``data.out:
+runs/data/<name>``, the tracking store ``./mlflow.db`` that ``recvae ui`` opens). The shipped
+pipelines write ``../runs/...`` and ``sqlite:///../mlflow.db``: their outputs land in the
+repository root whatever the working directory.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,16 +64,26 @@ class EvaluationConfig:
 
 @dataclass
 class RecommendConfig:
+    """The top-k file of each model (see ``recvae.recommend``)."""
+
     enabled: bool = True
     k: int = 100
+    # all: every user of the raw log (with fallback none: the users the model scores)
     users: str | list[Any] = "all"
     format: str = "parquet"  # parquet | csv
     batch_size: int = 2000
+    # never recommended: all = every item of the user's raw log, whatever its value; train =
+    # what the model was given (held-out targets stay rankable); none
+    exclude: str = "all"
+    # users the model cannot score (dropped by preprocessing, not in the log): popularity over
+    # their unseen items (source = fallback in the file), or none (an error naming them)
+    fallback: str = "popularity"
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
+    # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db in the working directory
+    uri: str | None = field(default=None, metadata={"path": "uri"})
     experiment: str | None = None  # default: <dataset>/<protocol>
     register: bool = False  # register each model in the MLflow model registry
     log_model: bool = True
@@ -74,7 +96,7 @@ class PipelineConfig:
     data: DataConfig
     models: list[ModelConfig]
     name: str = "pipeline"
-    output_dir: str = "runs"
+    output_dir: str = field(default="runs", metadata={"path": "file"})
     device: str = "auto"  # passed to models that take a device
     # after model selection on validation, retrain on training + validation interactions (the
     # selected epoch count for models that train in epochs); test metrics, top-k files and the
@@ -195,9 +217,51 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not p.is_file():
         raise RecvaeError(f"{p}: config file not found")
     raw = read_yaml(p)
+    if isinstance(raw, dict):  # before the overrides: those are relative to the working directory
+        resolve_paths(PipelineConfig, raw, p.resolve().parent)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value, str(p))
     return parse_config(raw, str(p))
+
+
+def resolve_paths(cls: type, raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of ``raw`` (a mapping for the dataclass ``cls``, as read from a
+    file in ``base``) absolute against ``base``, in place; values of the wrong type are left for
+    the type checks to report."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = raw.get(f.name)
+        kind = f.metadata.get("path")
+        if kind and isinstance(value, str):
+            raw[f.name] = _resolve_uri(value, base) if kind == "uri" else str(_resolve(value, base))
+        elif isinstance(value, dict) and (nested := _dataclass_in(hints[f.name])) is not None:
+            resolve_paths(nested, value, base)
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()  # resolve: no "pipelines/../" in logs
+
+
+def _resolve_uri(uri: str, base: Path) -> str:
+    """A ``sqlite:///relative.db`` URI or a plain relative path made absolute against ``base``;
+    other URIs (http, an absolute sqlite file, ...) unchanged."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+        return str(_resolve(uri, base))
+    if scheme.lower() == "sqlite" and rest.startswith("///") and rest[3:] not in ("", ":memory:"):
+        return f"{scheme}:///{_resolve(rest[3:], base)}"  # absolute: sqlite:////abs/path
+    return uri
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass of an annotation (``X`` or ``X | None``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
 
 
 def _set_dotted(raw: Any, key: str, value: Any, source: str) -> None:
@@ -256,10 +320,18 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                        ("recommend.batch_size", cfg.recommend.batch_size)):
         if value < 1:
             raise RecvaeError(f"{source}: {key}: expected a positive integer, got {value}")
-    if cfg.recommend.format not in ("parquet", "csv"):
-        raise RecvaeError(
-            f"{source}: recommend.format: expected parquet or csv, got {cfg.recommend.format!r}"
-        )
+    from recvae.recommend import EXCLUDE, FALLBACKS
+
+    for key, value, allowed in (
+        ("format", cfg.recommend.format, ("parquet", "csv")),
+        ("exclude", cfg.recommend.exclude, EXCLUDE),
+        ("fallback", cfg.recommend.fallback, FALLBACKS),
+    ):
+        if value not in allowed:
+            raise RecvaeError(
+                f"{source}: recommend.{key}: expected {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                f"got {value!r}"
+            )
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         where = f"{source}: models[{i}]"
@@ -271,6 +343,29 @@ def validate(cfg: PipelineConfig, source: str) -> None:
             raise RecvaeError(f"{where}: duplicate run name {m.run_name!r}; give each model a distinct label")
         seen.add(m.run_name)
         build_model(m, where=where)  # constructs (no training) to validate names, types and values
+
+
+def select_models(cfg: PipelineConfig, only: Sequence[str] | None) -> list[ModelConfig]:
+    """The models of ``cfg`` named in ``only`` (run names, as ``--models`` gives them), in the
+    file's order; all of them when ``only`` is empty. An unknown name is an error."""
+    if not only:
+        return list(cfg.models)
+    known = [m.run_name for m in cfg.models]
+    missing = [name for name in only if name not in known]
+    if missing:
+        raise RecvaeError(
+            f"--models: {missing[0]!r} is not in {cfg.source_file}; expected one of {', '.join(known)}"
+        )
+    return [m for m in cfg.models if m.run_name in only]
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Every input the pipeline reads exists (``data.path``, a file or a folder)."""
+    path = Path(cfg.data.path)
+    if not path.exists():
+        raise RecvaeError(
+            f"{cfg.source_file or '<config>'}: data.path: {path}: no such file or folder"
+        )
 
 
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:

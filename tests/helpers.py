@@ -19,3 +19,42 @@ def rows_csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
     r = [u for u, items in enumerate(rows) for _ in items]
     c = [i for items in rows for i in items]
     return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(len(rows), n_items))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant of it (Linux ``/proc``); [] when ``pid`` is gone."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the command name (field 2) may hold spaces: the parent pid follows its ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if fields[0] != "Z":  # zombies have exited, they only wait for their parent
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    if not Path(f"/proc/{pid}").exists():
+        return []
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of the session ``sid`` (a process started with ``start_new_session=True``
+    leads the session numbered by its pid): its descendants, even once orphaned."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(int(stat.parent.name))
+    return out

@@ -100,7 +100,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     tracker.log_final(evaluate(model.score, ds.validation, ks=(100,))
                                       .as_metrics("val"))
                     tracker.log_timings(fit_seconds=0.5, score_seconds=0.25)
-                    topk = write_recommendations(model, ds, root / f"{name}.parquet", k=3)
+                    topk = write_recommendations(model, ds, root / f"{name}.parquet", k=3,
+                                                 exclude="train").path
                     tracker.log_topk(topk)
                     if name == "ease":
                         tracker.log_topk(topk, max_bytes=10, sample_rows=4)

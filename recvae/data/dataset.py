@@ -10,6 +10,10 @@ Layout of a dataset directory::
     {validation,test}_fold_in.npz  what the model sees for evaluation users
     {validation,test}_holdout.npz  what it must find
     {validation,test}_users.npy    row → user index
+    seen.npz                       every (user, item) pair of the raw log, whatever its value or
+                                   threshold, over the items (bool CSR); rows: the users of
+                                   users.parquet, then those of dropped_users.parquet
+    dropped_users.parquet          users of the raw log that preprocessing dropped
 
 Strong generalization (Liang et al.): evaluation users are disjoint from training users.
 Weak generalization (random / temporal / predefined splits): every user is a training user; the
@@ -45,7 +49,10 @@ from recvae.io import (
     sha256_file,
 )
 
-FORMAT_VERSION = 2  # 2: the manifest's "files" (size and sha256 of each file) and "drops"
+# 3: seen.npz and dropped_users.parquet (manifest "seen": true) beside format 2's per-file sizes
+# and sha256 ("files") and drop counts ("drops"). Older datasets are re-ingested.
+FORMAT_VERSION = 3
+SEEN_FILES = ("seen.npz", "dropped_users.parquet")
 PART_NAMES = ("validation", "test")
 FILES = (
     "train.npz", "train_users.npy", "users.parquet", "items.parquet",
@@ -81,6 +88,10 @@ class Dataset:
         ds = Dataset.load("runs/data/ml-latest-small")
         ds.train            # CSR (n_train_users, n_items)
         ds.test.fold_in     # CSR (n_test_users, n_items)
+
+    ``seen`` (bool CSR) records every pair of the raw log, positive or not, for the users of
+    ``user_ids`` followed by ``dropped_user_ids`` (users of the log that preprocessing dropped);
+    recommendations exclude it. None for datasets built in memory or by format 1.
     """
 
     train: sp.csr_matrix
@@ -90,6 +101,8 @@ class Dataset:
     user_ids: np.ndarray
     item_ids: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
+    seen: sp.csr_matrix | None = None
+    dropped_user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
     @property
     def n_items(self) -> int:
@@ -110,12 +123,24 @@ class Dataset:
             raise RecvaeError(f"unknown split part {name!r}: expected one of {', '.join(PART_NAMES)}")
         return getattr(self, name)
 
+    @property
+    def raw_user_ids(self) -> np.ndarray:
+        """Every user of the raw log: ``user_ids``, then ``dropped_user_ids`` (the rows of ``seen``)."""
+        if len(self.dropped_user_ids) == 0:
+            return self.user_ids
+        return np.concatenate([self.user_ids, self.dropped_user_ids.astype(self.user_ids.dtype)])
+
     def full_history(self) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Every known interaction per user: (user indices, binary CSR of shape (n, n_items)).
+        """Every known positive per user: (user indices, binary CSR of shape (n, n_items)).
 
         This is what production recommendations are computed from.
         """
         return self._union(self.validation, self.test)
+
+    def training_history(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """What models are given per user: training rows and evaluation users' fold-in, without
+        the held-out targets; (user indices, binary CSR of shape (n, n_items))."""
+        return self._union(self.validation, self.test, holdout=False)
 
     def for_refit(self) -> Dataset:
         """This split with every validation interaction moved into training and no validation targets.
@@ -134,14 +159,16 @@ class Dataset:
             user_ids=self.user_ids,
             item_ids=self.item_ids,
             manifest={**self.manifest, "refit": True},
+            seen=self.seen,
+            dropped_user_ids=self.dropped_user_ids,
         )
 
-    def _union(self, *parts: Part) -> tuple[np.ndarray, sp.csr_matrix]:
-        """(user indices, binary CSR) of the training rows plus the fold-in and holdout of ``parts``,
-        one row per user that has any of them."""
+    def _union(self, *parts: Part, holdout: bool = True) -> tuple[np.ndarray, sp.csr_matrix]:
+        """(user indices, binary CSR) of the training rows plus the fold-in (and ``holdout``) of
+        ``parts``, one row per user that has any of them."""
         mats = [(self.train_users, self.train)]
         for p in parts:
-            mats += [(p.users, p.fold_in), (p.users, p.holdout)]
+            mats += [(p.users, p.fold_in)] + ([(p.users, p.holdout)] if holdout else [])
         rows = np.concatenate([np.repeat(u, np.diff(m.indptr)) for u, m in mats])
         cols = np.concatenate([m.indices for _, m in mats])
         full = sp.csr_matrix(
@@ -189,11 +216,18 @@ class Dataset:
                 save_npy(tmp / f"{name}_users.npy", p.users.astype(np.int64))
             pd.DataFrame({"user_id": self.user_ids}).to_parquet(tmp / "users.parquet", index=False)
             pd.DataFrame({"item_id": self.item_ids}).to_parquet(tmp / "items.parquet", index=False)
+            if self.seen is not None:
+                sp.save_npz(tmp / "seen.npz", self.seen.astype(np.bool_), compressed=False)
+                pd.DataFrame({"user_id": self.dropped_user_ids}).to_parquet(
+                    tmp / "dropped_users.parquet", index=False
+                )
+            names = FILES + (SEEN_FILES if self.seen is not None else ())
             files = {
-                f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in FILES
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in names
             }
             manifest = {
-                "format": FORMAT_VERSION, **self.manifest, "counts": self.summary(), "files": files
+                **self.manifest, "format": FORMAT_VERSION, "seen": self.seen is not None,
+                "counts": self.summary(), "files": files,
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         self.manifest = manifest
@@ -212,14 +246,17 @@ class Dataset:
         if not mpath.is_file():
             raise RecvaeError(f"{root}: not a recvae dataset (no manifest.json); run `recvae ingest` first")
         manifest = read_json(mpath, "a recvae dataset manifest")
-        if manifest.get("format") != FORMAT_VERSION:
+        version = manifest.get("format")
+        if version != FORMAT_VERSION:
             raise RecvaeError(
-                f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}; re-ingest"
+                f"{mpath}: dataset format {version!r}, expected {FORMAT_VERSION}; re-ingest"
             )
-        missing = [f for f in FILES if not (root / f).is_file()]
+        has_seen = bool(manifest.get("seen"))  # written when the raw log was known
+        names = FILES + (SEEN_FILES if has_seen else ())
+        missing = [f for f in names if not (root / f).is_file()]
         if missing:
             raise RecvaeError(f"{root}: incomplete dataset, missing {', '.join(missing)}; re-ingest")
-        _check_files(root, manifest, verify)
+        _check_files(root, manifest, names, verify)
 
         def csr(name: str) -> sp.csr_matrix:
             return load_npz(root / f"{name}.npz", _EXPECTED).astype(np.float32)
@@ -240,6 +277,9 @@ class Dataset:
             item_ids=read_parquet_column(root / "items.parquet", "item_id"),
             manifest=manifest,
         )
+        if has_seen:
+            ds.seen = load_npz(root / "seen.npz", _EXPECTED).astype(np.bool_, copy=False)
+            ds.dropped_user_ids = read_parquet_column(root / "dropped_users.parquet", "user_id")
         ds._check_shapes(root)
         ds._check_counts(mpath)
         return ds
@@ -280,17 +320,24 @@ class Dataset:
                 raise RecvaeError(
                     f"{where}dataset {name}_users: expected indices into the {self.n_users} user ids"
                 )
+        if self.seen is not None:
+            expected = (self.n_users + len(self.dropped_user_ids), n_items)
+            if self.seen.shape != expected:
+                raise RecvaeError(
+                    f"{where}dataset seen: shape {self.seen.shape}, expected {expected} (users + "
+                    "dropped users, items)"
+                )
 
 
 _EXPECTED = "a file written by `recvae ingest` (re-ingest)"
 
 
-def _check_files(root: Path, manifest: dict[str, Any], verify: bool) -> None:
+def _check_files(root: Path, manifest: dict[str, Any], names: tuple[str, ...], verify: bool) -> None:
     """Each file's size, and sha256 where cheap or asked, against ``manifest["files"]``."""
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise RecvaeError(f"{root / 'manifest.json'}: no 'files' mapping (sizes and sha256); re-ingest")
-    for name in FILES:
+    for name in names:
         entry = files.get(name)
         path = root / name
         if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int):

@@ -1,5 +1,9 @@
 """Ingestion: read → preprocess → split → Dataset on disk, reused when nothing changed.
 
+The dataset also records every (user, item) pair of the raw log over its items, whatever the
+value (``Dataset.seen``), so recommendations can exclude what a user rated low or what
+preprocessing dropped.
+
 The dataset directory's manifest records a cache key (hash of the source files' SHA-256 and of
 every parameter); a later ingest with the same inputs loads it instead of recomputing. It also
 records every interaction dropped on the way, by reason (``drops``, see :func:`drop_lines`).
@@ -14,6 +18,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from recvae.data import split as splits
 from recvae.data.dataset import FORMAT_VERSION, Dataset
@@ -88,6 +96,30 @@ def cache_key(data: DataConfig, digest: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def seen_pairs(
+    raw: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Every (user, item) pair of the raw log, whatever its value: (bool CSR, dropped user ids).
+
+    Rows are ``user_ids`` (the dataset's users, in order) followed by the users of the log that
+    preprocessing dropped (sorted ids, returned); columns are ``item_ids``, and pairs on other
+    items are left out (no model can recommend them).
+    """
+    users = raw["user"]
+    rows = pd.Index(user_ids).get_indexer(users)
+    dropped = rows < 0
+    codes, dropped_ids = pd.factorize(users[dropped], sort=True)
+    rows[dropped] = len(user_ids) + codes
+    cols = pd.Index(item_ids).get_indexer(raw["item"])
+    keep = cols >= 0
+    seen = sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.bool_), (rows[keep], cols[keep])),
+        shape=(len(user_ids) + len(dropped_ids), len(item_ids)),
+    )
+    seen.sum_duplicates()  # a user who rated an item twice: one pair
+    return seen, np.asarray(dropped_ids)
+
+
 def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
     """Build (or reuse) the dataset described by ``data``; returns (dataset, reused)."""
     out = data.out_dir
@@ -131,7 +163,13 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
     timings["preprocess_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     ds = splits.apply_split(df, data.split)
+    n_positives = len(df)
+    del df
     timings["split_seconds"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    # what recommendations must exclude: every pair of the log, not only the positives
+    ds.seen, ds.dropped_user_ids = seen_pairs(raw, ds.user_ids, ds.item_ids)
+    timings["seen_seconds"] = time.perf_counter() - t3
     ds.manifest.update(
         {
             "name": data.dataset_name,
@@ -142,12 +180,14 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
             "preprocess": asdict(data.preprocess),
             "key": key,
             "raw_interactions": len(raw),
-            "positive_interactions": len(df),
+            "raw_users": ds.seen.shape[0],
+            "dropped_users": len(ds.dropped_user_ids),
+            "positive_interactions": n_positives,
             "drops": {**drops, **ds.manifest.get("drops", {})},
             "timings": timings,
         }
     )
-    t3 = time.perf_counter()
+    t4 = time.perf_counter()
     ds.save(out)
-    timings["save_seconds"] = time.perf_counter() - t3
+    timings["save_seconds"] = time.perf_counter() - t4
     return ds, False

@@ -165,6 +165,40 @@ def test_load_wrong_format(strong: Dataset, tmp_path: Path) -> None:
         Dataset.load(path)
 
 
+def test_seen_pairs_round_trip(strong: Dataset, tmp_path: Path) -> None:
+    users, full = strong.full_history()
+    seen = sp.vstack([full.astype(bool), sp.csr_matrix(([True], ([0], [3])), shape=(2, strong.n_items))])
+    with_seen = Dataset(**{**strong.__dict__, "seen": seen.tocsr(),
+                           "dropped_user_ids": np.array(["x1", "x2"], dtype=object)})
+    path = with_seen.save(tmp_path / "ds")
+    assert {"seen.npz", "dropped_users.parquet"} <= {p.name for p in path.iterdir()}
+    loaded = Dataset.load(path)
+    assert loaded.seen.dtype == np.bool_ and (loaded.seen != with_seen.seen).nnz == 0
+    assert loaded.raw_user_ids.tolist() == [*strong.user_ids.tolist(), "x1", "x2"]
+    assert loaded.for_refit().seen is loaded.seen
+    # a dataset built without the raw log (no seen pairs) loads without them
+    plain = Dataset.load(strong.save(tmp_path / "plain"))
+    assert plain.seen is None and len(plain.dropped_user_ids) == 0
+    assert_same(plain, strong)
+    bad = Dataset(**{**with_seen.__dict__, "seen": seen[:-1].tocsr()})
+    with pytest.raises(RecvaeError, match=r"dataset seen: shape .*expected \(\d+, \d+\)"):
+        bad.save(tmp_path / "bad")
+
+
+def test_training_history_leaves_out_the_targets(strong: Dataset, weak: Dataset) -> None:
+    # strong: both parts' targets; weak: the test targets (validation targets are training rows)
+    for ds, targets in ((strong, strong.validation.holdout.nnz + strong.test.holdout.nnz),
+                        (weak, weak.test.holdout.nnz)):
+        users, full = ds.full_history()
+        t_users, train = ds.training_history()
+        assert set(t_users.tolist()) <= set(users.tolist())
+        assert (train > full[np.searchsorted(users, t_users)]).nnz == 0  # a subset
+        assert full.nnz - train.nnz == targets
+    users, train = strong.training_history()
+    rows = np.searchsorted(users, strong.test.users)
+    assert (train[rows] != strong.test.fold_in).nnz == 0  # evaluation users: their fold-in
+
+
 def test_load_with_a_missing_file(strong: Dataset, tmp_path: Path) -> None:
     path = strong.save(tmp_path / "ds")
     (path / "test_holdout.npz").unlink()

@@ -49,6 +49,31 @@ def test_ingest_bundled_movielens(ml_small_zip: Path, ml_small_ratings: pd.DataF
     assert_same_on_disk(ds, tmp_path / "ds")
 
 
+def test_ingest_records_every_pair_of_the_raw_log(
+    ml_small_zip: Path, ml_small_ratings: pd.DataFrame, tmp_path: Path
+) -> None:
+    """``seen``: every (user, item) rating, whatever its value, over the training items; the
+    users preprocessing dropped come after the dataset's users."""
+    data = DataConfig(source="movielens", path=str(ml_small_zip), out=str(tmp_path / "ds"),
+                      split=SplitConfig(n_heldout_users=60))
+    ingest(data)
+    ds = Dataset.load(tmp_path / "ds")  # as stored
+    raw = ml_small_ratings
+    assert ds.manifest["raw_users"] == raw["userId"].nunique() == 610
+    assert ds.manifest["dropped_users"] == 7 == len(ds.dropped_user_ids)
+    assert ds.raw_user_ids.tolist() == [*ds.user_ids.tolist(), *sorted(ds.dropped_user_ids.tolist())]
+    assert set(ds.dropped_user_ids.tolist()) == set(raw["userId"]) - set(ds.user_ids.tolist())
+    assert ds.seen.dtype == np.bool_ and ds.seen.shape == (610, ds.n_items)
+    rows, cols = ds.seen.nonzero()
+    got = set(zip(ds.raw_user_ids[rows].tolist(), ds.item_ids[cols].tolist(), strict=True))
+    in_vocab = raw[raw["movieId"].isin(set(ds.item_ids.tolist()))]
+    assert got == set(zip(in_vocab["userId"].tolist(), in_vocab["movieId"].tolist(), strict=True))
+    # every positive is among them, and so are the low ratings
+    users, full = ds.full_history()
+    assert (full.astype(bool) > ds.seen[users]).nnz == 0
+    assert ds.seen.nnz > full.nnz
+
+
 def assert_same_on_disk(ds: Dataset, path: Path) -> None:
     loaded = Dataset.load(path)
     assert (loaded.train != ds.train).nnz == 0

@@ -634,7 +634,7 @@ def _(ctx: Ctx) -> list[str]:
     return damaged_dataset(ctx, damage)
 
 
-@case("dataset-old-format", r"manifest\.json: dataset format 1, expected 2; re-ingest")
+@case("dataset-old-format", r"manifest\.json: dataset format 1, expected 3; re-ingest")
 def _(ctx: Ctx) -> list[str]:
     return damaged_dataset(ctx, lambda ds: edit_json(ds / "manifest.json", format=1))
 

@@ -157,8 +157,8 @@ class Epoch:
             total=-(-n_users // self.batch_size),
             desc=f"epoch {self.number}" + (f".{part}" if part else ""),
             unit="batch",
-            leave=False,
-            disable=not self.show_progress,
+            leave=False,  # cleared when the epoch ends: the epoch's line is the callbacks' job
+            disable=None if self.show_progress else True,  # None: only on a terminal
         )
         for sl in batches:
             yield SparseRows.from_csr(self.train[perm[sl]], self.device), generator
@@ -329,10 +329,8 @@ def train(
 
     epochs = config.epochs
     start = epochs + 1 if state.stopped_early else state.epoch + 1
-    epoch_bar = tqdm(
-        total=epochs, initial=min(start - 1, epochs), desc=name, unit="epoch",
-        disable=not config.show_progress,
-    )
+    # No bar over epochs: each epoch is reported to the callbacks (one printed line per epoch in
+    # the CLI), and a bar left beside those lines goes stale.
     for number in range(start, epochs + 1):
         t0 = time.perf_counter()
         epoch = Epoch(
@@ -380,12 +378,8 @@ def train(
         report = EpochReport(epoch=number, metrics=metrics, is_best=is_best)
         for callback in callbacks:
             callback(report)
-        epoch_bar.update(1)
-        if validate:
-            epoch_bar.set_postfix(ndcg100=f"{metrics['val/ndcg_at_100']:.4f}", best=state.best_epoch)
         if state.stopped_early:
             break
-    epoch_bar.close()
 
     if state.best_weights is not None:
         net.load_state_dict(state.best_weights)
