@@ -1,4 +1,4 @@
-"""The ``recvae`` command line: ingest, train, evaluate, recommend, run a pipeline, open the UI.
+"""The ``recvae`` command line: ingest, train, evaluate, recommend, run, sync, open the UI.
 
 User errors (bad files, bad values) print one line and exit with status 2, without a traceback
 unless ``--debug`` is given.
@@ -149,15 +149,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recvae.pipeline import results_table, train_and_evaluate
 
     mc = _model_config(args)
+    # checkpoints and the run's tracking record live here until the model is complete
+    work = Path(args.out).parent / f".{Path(args.out).name}.work"
     tracker = None
     if not args.no_track:
         from recvae.tracking import Tracker
 
-        tracker = Tracker(args.tracking_uri, args.experiment)  # fails fast if unreachable
+        # fails fast if unreachable; --resume continues the killed process's MLflow run
+        tracker = Tracker(args.tracking_uri, args.experiment, output_dir=work, resume=args.resume)
     dataset = Dataset.load(args.data)
     if tracker is not None:
         tracker.dataset, tracker.dataset_source = dataset, str(args.data)
-    work = Path(args.out).parent / f".{Path(args.out).name}.work"
     outcome = train_and_evaluate(
         mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
         recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
@@ -169,9 +171,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     with atomic_dir(args.out) as tmp:
         shutil.rmtree(tmp)
         shutil.copytree(outcome.model_dir, tmp)
-    shutil.rmtree(work, ignore_errors=True)
     print(f"saved {args.out}")
     print(results_table([outcome]))
+    if tracker is not None and tracker.not_logged():
+        # the record (and the model it references) must outlive this process for `recvae sync`
+        print(tracker.offline_summary(), file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
@@ -266,6 +272,16 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from recvae.tracking.sync import sync_output
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print run ids
+    report = sync_output(args.output_dir, uri=args.tracking_uri)
+    print(f"{args.output_dir}: {report.synced} run(s) synced, {report.unchanged} already complete, "
+          f"{report.skipped} skipped, {report.failed} failed")
+    return 1 if report.failed else 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -371,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser(
+        "sync", help="send the runs an outage kept in OUTPUT_DIR/tracking to the MLflow store",
+    )
+    s.add_argument("output_dir", help="a pipeline's output_dir (or a `recvae train` work folder)")
+    s.add_argument("--tracking-uri", help="another store than the one each run was meant for")
+    s.set_defaults(func=cmd_sync)
+
     s = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     s.add_argument("--tracking-uri")
     s.add_argument("--host", default="127.0.0.1")
@@ -388,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.debug:
+        # urllib3 warns on every retry of a failing tracking call; recvae warns once instead
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     if not args.debug:
         # MLflow's own chatter (pickling notices, schema hints, download bars) buries the
         # per-epoch lines users read; --debug shows it.

@@ -130,7 +130,6 @@ def train_and_evaluate(
 
     out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
     with run_ctx as run:
-        out.run_id = run.info.run_id if run is not None else None
         callbacks = [print_epoch(mc.run_name)]
         if tracker is not None:
             callbacks.append(tracker.epoch_callback())
@@ -138,6 +137,8 @@ def train_and_evaluate(
         _fit(model, dataset, callbacks, show_progress,
              output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume)
         out.fit_seconds = time.perf_counter() - t0
+        if tracker is not None:  # epochs restored from a checkpoint that no report carried
+            tracker.complete_curve(model.history_, model.best_epoch_)
 
         t1 = time.perf_counter()
         val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
@@ -180,9 +181,11 @@ def train_and_evaluate(
                 tracker.log_topk(path)
         if tracker is not None and log_model:
             tracker.log_model(
-                model, dataset,
+                model, dataset, model_dir=model_dir,
                 registered_model_name=registered_model_name(dataset, mc.run_name) if register else None,
             )
+    # known only now: a run created while the store was away gets its id at the first push
+    out.run_id = run.run_id if run is not None else None
     out.ok = True
     return out
 
@@ -216,7 +219,9 @@ def run_pipeline(
     if track:  # connect first: an unreachable server fails now, not after an hour of training
         from recvae.tracking import Tracker
 
-        tracker = (tracker_factory or Tracker)(cfg.tracking.uri, cfg.tracking.experiment)
+        tracker = (tracker_factory or Tracker)(
+            cfg.tracking.uri, cfg.tracking.experiment, output_dir=cfg.output_dir, resume=resume
+        )
 
     t0 = time.perf_counter()
     dataset, reused = ingest(cfg.data, force=force_ingest)
@@ -236,6 +241,8 @@ def run_pipeline(
         )
         if tracker is not None else contextlib.nullcontext()
     )
+    table_metrics = [f"test/{m}" for m in cfg.evaluation.table_metrics()]
+    written: list[Path] = []
     with parent:
         for mc in models:
             print(f"── {mc.run_name} ({mc.model})", flush=True)
@@ -254,7 +261,47 @@ def run_pipeline(
                     log.debug("".join(traceback.format_exception(e)))
                 outcome = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False, error=detail)
             outcomes.append(outcome)
+            written = write_results(outcomes, output_dir, table_metrics)  # as each model ends
+        if tracker is not None:
+            for path in written:
+                tracker.log_artifact(path)
+    if tracker is not None and tracker.offline:
+        print(tracker.offline_summary(), file=sys.stderr, flush=True)
     return outcomes
+
+
+RESULTS_FILES = ("results.csv", "results.json")
+
+
+def write_results(
+    outcomes: Sequence[ModelOutcome], output_dir: str | Path, metrics: Sequence[str] = SUMMARY_METRICS,
+) -> list[Path]:
+    """The pipeline's results table, rewritten as each model ends: ``results.csv`` (one row per
+    model: status, every ``test/`` and ``val/`` metric, seconds, run id, error) and
+    ``results.json`` (the outcomes in full, and which metrics the printed table shows)."""
+    import csv
+    import json
+    from dataclasses import asdict
+
+    from recvae.io import atomic_file
+
+    out = Path(output_dir)
+    keys = sorted({k for o in outcomes for k in o.metrics}, key=lambda k: (k not in metrics, k))
+    columns = ["model", "type", "status", *keys, "fit_seconds", "score_seconds", "refit_seconds",
+               "run_id", "error"]
+    csv_path, json_path = (out / name for name in RESULTS_FILES)
+    with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for o in outcomes:
+            w.writerow([o.run_name, o.model, "ok" if o.ok else "FAILED",
+                        *(o.metrics.get(k, "") for k in keys),
+                        *("" if v is None else v for v in (o.fit_seconds, o.score_seconds, o.refit_seconds)),
+                        o.run_id or "", o.error or ""])
+    with atomic_file(json_path) as tmp:
+        doc = {"table_metrics": list(metrics), "models": [asdict(o) for o in outcomes]}
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    return [csv_path, json_path]
 
 
 def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:
@@ -288,5 +335,5 @@ def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUM
 
 __all__ = [
     "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
-    "train_and_evaluate",
+    "train_and_evaluate", "write_results",
 ]
