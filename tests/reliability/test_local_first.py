@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from recvae import cli
 from recvae.errors import RecvaeError
@@ -32,10 +31,9 @@ from recvae.tracking.guard import HTTP_SETTINGS, Guard
 from recvae.tracking.record import JOURNAL_FILE, RUN_FILE, RunRecord, list_records
 from recvae.tracking.sync import StoreWriter
 from tests.helpers import tiny_dataset
+from tests.reliability.runs import REPO, store_view
 
-REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 5
-TIMING = ("fit_seconds", "epoch_seconds", "time/")  # differ between two runs of the same thing
 
 
 @pytest.fixture
@@ -74,30 +72,6 @@ def track(tracker: Tracker, out: Path, outage: dict | None = None, stop_at: int 
                 tracker.log_final(evaluate(model.score, ds.test, ks=(2,)).as_metrics("test"))
                 tracker.log_topk(write_recommendations(model, ds, out / f"{name}.parquet", k=3))
                 tracker.log_model(model, ds)
-
-
-def store_view(uri: str) -> dict[str, dict]:
-    """Every run of the store: status, parent name, params, metric histories without timings,
-    artifact paths, READY models; keyed by run name."""
-    client = MlflowClient(uri)
-    runs = {}
-    for exp in client.search_experiments():
-        for r in client.search_runs([exp.experiment_id]):
-            assert r.info.run_name not in runs, f"two runs named {r.info.run_name}"
-            history = {
-                k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
-                for k in r.data.metrics if not any(t in k for t in TIMING)
-            }
-            top = [a.path for a in client.list_artifacts(r.info.run_id)]
-            nested = [a.path for d in top for a in client.list_artifacts(r.info.run_id, d)]
-            outputs = r.outputs.model_outputs if r.outputs else []
-            runs[r.info.run_name] = {
-                "id": r.info.run_id, "status": r.info.status, "params": r.data.params,
-                "parent": r.data.tags.get("mlflow.parentRunId"), "metrics": history,
-                "artifacts": sorted(set(top) | set(nested)), "tags": r.data.tags,
-                "models": sorted(str(client.get_logged_model(o.model_id).status) for o in outputs),
-            }
-    return runs
 
 
 def test_outage_keeps_everything_and_sync_completes_it_once(
@@ -173,6 +147,7 @@ def test_dead_process_runs_are_killed_at_next_start_then_resumed(store: str, tmp
         from recvae.models.base import EpochReport
         from recvae.tracking import Tracker
         from tests.helpers import tiny_dataset
+from tests.reliability.runs import REPO, store_view
         tracker = Tracker({store!r}, check=False, output_dir={str(out)!r})
         with tracker.start_pipeline("p", dataset=tiny_dataset()):
             with tracker.start_model("m", device="cpu"):
