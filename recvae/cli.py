@@ -414,7 +414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         # urllib3 warns on every retry of a failing tracking call; recvae warns once instead
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    if not args.debug:
         # MLflow's own chatter (pickling notices, schema hints, download bars) buries the
         # per-epoch lines users read; --debug shows it.
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")

@@ -7,12 +7,14 @@ reported and the others still run; the exit status says whether all succeeded.
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import logging
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from recvae.data.dataset import Dataset
 from recvae.data.ingest import ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
+from recvae.io import atomic_file
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
 
@@ -279,12 +282,6 @@ def write_results(
     """The pipeline's results table, rewritten as each model ends: ``results.csv`` (one row per
     model: status, every ``test/`` and ``val/`` metric, seconds, run id, error) and
     ``results.json`` (the outcomes in full, and which metrics the printed table shows)."""
-    import csv
-    import json
-    from dataclasses import asdict
-
-    from recvae.io import atomic_file
-
     out = Path(output_dir)
     keys = sorted({k for o in outcomes for k in o.metrics}, key=lambda k: (k not in metrics, k))
     columns = ["model", "type", "status", *keys, "fit_seconds", "score_seconds", "refit_seconds",

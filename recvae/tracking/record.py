@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -260,16 +260,20 @@ class RunRecord:
         return None
 
     # ------------------------------------------------------------------ what was logged
-    def logged_params(self) -> dict[str, str]:
+    def merged(self, kind: str, ops: Iterable[Mapping[str, Any]] | None = None) -> dict[str, str]:
+        """The ``params`` or ``tags`` of ``ops`` (default: all journaled), later values winning."""
         out: dict[str, str] = {}
-        for op in self.ops:
-            if op["op"] == "params":
-                out.update(op["params"])
+        for op in self.ops if ops is None else ops:
+            if op["op"] == kind:
+                out.update(op[kind])
         return out
 
-    def metric_points(self) -> Iterator[tuple[str, float, int, int]]:
-        """``(key, value, timestamp_ms, step)`` of every journaled metric."""
-        for op in self.ops:
+    def metric_points(
+        self, ops: Iterable[Mapping[str, Any]] | None = None
+    ) -> Iterator[tuple[str, float, int, int]]:
+        """``(key, value, timestamp_ms, step)`` of every metric in ``ops`` (default: all
+        journaled ones)."""
+        for op in self.ops if ops is None else ops:
             if op["op"] == "epoch":
                 for k, v in op["metrics"].items():
                     yield k, v, op["time"], op["epoch"]
@@ -359,35 +363,37 @@ def list_records(output_dir: str | os.PathLike) -> list[RunRecord]:
 
 
 class Heartbeat:
-    """A daemon thread touching the heartbeat of the records this process has open."""
+    """A daemon thread touching the heartbeat of the records this process has open; it ends
+    when none is left open."""
 
     def __init__(self, every: float = HEARTBEAT_EVERY) -> None:
         self.every = every
         self.records: dict[str, RunRecord] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None  # the running thread's
 
     def add(self, record: RunRecord) -> None:
         with self._lock:
             self.records[record.uid] = record
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._beat, name="recvae-heartbeat", daemon=True)
-                self._thread.start()
+            if self._stop is None:
+                self._stop = threading.Event()
+                threading.Thread(
+                    target=self._beat, args=(self._stop,), name="recvae-heartbeat", daemon=True
+                ).start()
 
     def remove(self, record: RunRecord) -> None:
         with self._lock:
             self.records.pop(record.uid, None)
-            if not self.records:
+            if not self.records and self._stop is not None:
                 self._stop.set()
+                self._stop = None
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.every):
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every):
             with self._lock:
                 records = list(self.records.values())
             for r in records:
                 try:
                     r.touch()
                 except OSError:
-                    pass  # the folder was removed under us; the owner reports its own errors
+                    pass  # the folder was removed under us; its owner reports its own errors

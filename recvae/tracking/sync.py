@@ -154,10 +154,7 @@ class StoreWriter:
         upto = record.last_seq
         added = Added()
 
-        params = {}
-        for op in ops:
-            if op["op"] == "params":
-                params.update(op["params"])
+        params = record.merged("params", ops)
         have = run.data.params
         new = {k: v for k, v in params.items() if k not in have}
         for k, v in params.items():
@@ -166,15 +163,12 @@ class StoreWriter:
         self._params(run_id, new)
         added.params = len(new)
 
-        tags: dict[str, str] = {}
-        for op in ops:
-            if op["op"] == "tags":
-                tags.update(op["tags"])
+        tags = record.merged("tags", ops)
         changed = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
         self._tags(run_id, changed)
         added.tags = len(changed)
 
-        points = self._pending_points(ops)
+        points = list(record.metric_points(ops))
         steps: dict[str, set[int]] = {}
         for key in {k for k, *_ in points}:
             steps[key] = {m.step for m in self.client.get_metric_history(run_id, key)}
@@ -288,16 +282,6 @@ class StoreWriter:
             self.client.update_run(run_id, status=op["status"])
 
     # ------------------------------------------------------------------ comparisons
-    @staticmethod
-    def _pending_points(ops: list[dict[str, Any]]) -> list[tuple[str, float, int, int]]:
-        out = []
-        for op in ops:
-            if op["op"] == "epoch":
-                out += [(k, v, op["time"], op["epoch"]) for k, v in op["metrics"].items()]
-            elif op["op"] == "metrics":
-                out += [(k, v, op["time"], op["step"]) for k, v in op["metrics"].items()]
-        return out
-
     def _ready_models(self, run: Any) -> set[str]:
         from mlflow.entities import LoggedModelStatus
 

@@ -306,7 +306,7 @@ class Tracker:
         reported once."""
         run = self._current()
         flat = flatten_params(params)
-        have = run.record.logged_params()
+        have = run.record.merged("params")
         new = {k: v for k, v in flat.items() if k not in have}
         changed = sorted(k for k, v in flat.items() if k in have and have[k] != v)
         if changed:
@@ -351,10 +351,7 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Tags on the open run (values as strings)."""
         run = self._current()
-        have: dict[str, str] = {}
-        for op in run.record.ops:
-            if op["op"] == "tags":
-                have.update(op["tags"])
+        have = run.record.merged("tags")
         new = {k: str(v) for k, v in tags.items() if have.get(k) != str(v)}
         if new:
             self._log(run, {"op": "tags", "tags": new})
@@ -553,6 +550,11 @@ class Tracker:
             run = TrackedRun(record, parent, reopened=False)
         else:
             record = previous
+            if record.status == "RUNNING" and record.meta.get("pid") != os.getpid():
+                raise RecvaeError(
+                    f"{record.path}: run {name} is still running in process "
+                    f"{record.meta.get('pid')} on {record.meta.get('host')}; stop it before --resume"
+                )
             if record.meta.get("uri") != self.uri:  # another store now: compare everything
                 record.meta["confirmed"] = 0
             record.claim()
