@@ -59,10 +59,13 @@ class RunRecord:
     """One run's local record (see the module docstring). Not safe for two processes at once:
     a record belongs to the process named in ``run.json`` (``pid``, ``host``)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, path: Path, meta: dict[str, Any], ops: list[dict[str, Any]], cut: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.meta = meta
         self.ops = ops
+        self._cut = cut  # where a journal line cut short by a kill starts: removed on next append
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ create / load
@@ -103,8 +106,10 @@ class RunRecord:
             raise RecvaeError(f"{run_file}: not a recvae run record of format {RECORD_FORMAT}")
         ops: list[dict[str, Any]] = []
         journal = path / JOURNAL_FILE
+        cut = None
         if journal.is_file():
-            lines = journal.read_bytes().split(b"\n")
+            data = journal.read_bytes()
+            lines = data.split(b"\n")
             for i, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -112,9 +117,10 @@ class RunRecord:
                     ops.append(json.loads(line))
                 except json.JSONDecodeError:
                     if i == len(lines):  # the last line, without its newline: a write cut short
+                        cut = len(data) - len(line)
                         break
                     raise RecvaeError(f"{journal}, line {i}: not a JSON journal entry") from None
-        return cls(path, meta, ops)
+        return cls(path, meta, ops, cut)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -184,6 +190,9 @@ class RunRecord:
         with self._lock:
             entry = {"seq": self.last_seq + 1, **op}
             line = json.dumps(entry, separators=(",", ":")) + "\n"
+            if self._cut is not None:
+                os.truncate(self.path / JOURNAL_FILE, self._cut)
+                self._cut = None
             with open(self.path / JOURNAL_FILE, "a", encoding="utf-8") as f:
                 f.write(line)
             self.ops.append(entry)

@@ -363,6 +363,7 @@ def sync_output(
         )
     report = SyncReport()
     writers: dict[str, StoreWriter] = {}
+    broken: set[str] = set()
     run_ids: dict[str, str | None] = {}
     for record in records:
         target = uri or record.meta.get("uri")
@@ -382,10 +383,19 @@ def sync_output(
             report.unchanged += 1
             run_ids[record.uid] = record.run_id
             continue
+        if target in broken:
+            report.skipped += 1
+            report.lines.append(f"{label}: skipped, {target} failed on an earlier run")
+            say(report.lines[-1])
+            run_ids[record.uid] = None
+            continue
         if target not in writers:
             check_tracking_server(target)
-            with http_settings():
-                writers[target] = StoreWriter(open_store(target), target)
+            try:
+                with http_settings():
+                    writers[target] = StoreWriter(open_store(target), target)
+            except outage_errors() as e:
+                raise RecvaeError(f"MLflow tracking store {target} failed: {describe_error(e)}") from None
         writer = writers[target]
         parent = record.parent_uid
         if parent is not None and run_ids.get(parent) is None and parent in run_ids:
@@ -400,6 +410,7 @@ def sync_output(
                 added = writer.complete(record)
         except outage_errors() as e:
             report.failed += 1
+            broken.add(target)  # every later call would wait out the same timeouts
             run_ids[record.uid] = None
             report.lines.append(f"{label}: FAILED: {describe_error(e)}")
             say(report.lines[-1])

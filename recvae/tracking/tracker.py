@@ -586,9 +586,9 @@ class Tracker:
             print(f"recvae: run {record.name} ({record.run_id or 'not in the store'}) was left "
                   f"RUNNING: {reason}; marked KILLED", flush=True)
             if record.run_id and record.meta.get("uri") == self.uri:
-                for op in record.ops:
-                    if op["seq"] > before:
-                        self.guard.call(f"close the run {record.name}", self._store().apply, record, op)
+                for op in [op for op in record.ops if op["seq"] > before]:
+                    self.guard.call(f"close the run {record.name}",
+                                    lambda r=record, op=op: self._store().apply(r, op))
                 if self.guard.online and record.confirmed == before:
                     record.confirm(record.last_seq)
 
@@ -622,14 +622,15 @@ class Tracker:
                 run.needs_completion = run.needs_completion or not created
                 record.confirm(next(op["seq"] for op in record.ops if op["op"] == "create"))
             if run.needs_completion:
-                ok, _ = self.guard.call(f"complete the run {record.name}", self._store().complete, record)
+                ok, _ = self.guard.call(f"complete the run {record.name}",
+                                        lambda: self._store().complete(record))
                 if ok:
                     run.needs_completion = False
                 return None
             answer = None
             for op in record.pending_ops():
                 ok, result = self.guard.call(
-                    f"log {op['op']} of {record.name}", self._store().apply, record, op
+                    f"log {op['op']} of {record.name}", lambda op=op: self._store().apply(record, op)
                 )
                 if not ok:
                     return None

@@ -204,6 +204,9 @@ def test_record_ignores_a_journal_line_cut_short(tmp_path: Path) -> None:
         f.write('{"seq": 3, "op": "par')  # killed mid-write
     loaded = RunRecord.load(record.path)
     assert [op["op"] for op in loaded.ops] == ["create", "params"]
+    loaded.append({"op": "tags", "tags": {"b": "2"}})  # the next entry replaces the cut one
+    assert [(op["seq"], op["op"]) for op in RunRecord.load(record.path).ops] == [
+        (1, "create"), (2, "params"), (3, "tags")]
     (record.path / RUN_FILE).write_text("{}")
     with pytest.raises(RecvaeError, match="not a recvae run record"):
         RunRecord.load(record.path)
@@ -255,3 +258,15 @@ def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(
     assert code == 2
     assert err.startswith("recvae: error: ") and "not an MLflow tracking server" in err
     assert len(err.splitlines()) == 1, err
+
+
+def test_sync_with_the_store_down_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    record = RunRecord.create(tmp_path / "tracking", name="m", kind="model", uri=None, experiment="e")
+    record.set_status("FINISHED")
+    from tests.reliability.mlflow_server import free_port
+
+    assert cli.main(["sync", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is unreachable" in err and len(err.splitlines()) == 1, err
+    assert cli.main(["sync", str(tmp_path / "nothing")]) == 2
+    assert "no run records to sync" in capsys.readouterr().err
