@@ -149,7 +149,6 @@ def test_dead_process_runs_are_killed_at_next_start_then_resumed(store: str, tmp
         from recvae.models.base import EpochReport
         from recvae.tracking import Tracker
         from tests.helpers import tiny_dataset
-from tests.reliability.runs import REPO, store_view
         tracker = Tracker({store!r}, check=False, output_dir={str(out)!r})
         with tracker.start_pipeline("p", dataset=tiny_dataset()):
             with tracker.start_model("m", device="cpu"):
