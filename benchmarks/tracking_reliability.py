@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(REPO))
 from _common import print_table, write_json  # noqa: E402
 
-from tests.reliability.mlflow_server import MlflowServer, fast_dir  # noqa: E402
-from tests.reliability.runs import comparable, store_view  # noqa: E402
+from tests.reliability.tracking.mlflow_server import MlflowServer, fast_dir  # noqa: E402
+from tests.reliability.tracking.runs import comparable, store_view  # noqa: E402
 
 EPOCH_LINE = re.compile(r"\[mult-vae\] epoch +(\d+)")
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from recvae.config import load_config
 from recvae.data.ingest import ingest
-from tests.reliability.runs import REPO, pipeline_file
+from tests.reliability.tracking.runs import REPO, pipeline_file
 
 pytestmark = pytest.mark.slow
 

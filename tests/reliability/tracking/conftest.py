@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.mlflow_server import fast_dir
+from tests.reliability.tracking.mlflow_server import fast_dir
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from recvae.tracking.guard import HTTP_SETTINGS, Guard
 from recvae.tracking.record import JOURNAL_FILE, RUN_FILE, RunRecord, list_records
 from recvae.tracking.sync import StoreWriter
 from tests.helpers import tiny_dataset
-from tests.reliability.runs import REPO, store_view
+from tests.reliability.tracking.runs import REPO, store_view
 
 EPOCHS = 5
 
@@ -262,7 +262,7 @@ def test_a_web_server_that_is_not_mlflow_is_refused_in_one_line(
 def test_sync_with_the_store_down_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     record = RunRecord.create(tmp_path / "tracking", name="m", kind="model", uri=None, experiment="e")
     record.set_status("FINISHED")
-    from tests.reliability.mlflow_server import free_port
+    from tests.reliability.tracking.mlflow_server import free_port
 
     assert cli.main(["sync", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err.strip()

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TIMING = ("fit_seconds", "epoch_seconds", "val_seconds", "time/")  # differ between equal runs
 # params and tags that name the run's own folders or store
 LOCAL = ("output_dir", "tracking.uri", "recvae.topk_path", "mlflow.", "recvae.run_uid",

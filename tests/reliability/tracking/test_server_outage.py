@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from recvae import cli, pipeline
-from tests.reliability.mlflow_server import MlflowServer
-from tests.reliability.runs import comparable, pipeline_file, store_view
+from tests.reliability.tracking.mlflow_server import MlflowServer
+from tests.reliability.tracking.runs import comparable, pipeline_file, store_view
 
 pytestmark = pytest.mark.slow
 STOP_AT = 3
@@ -66,7 +66,8 @@ def test_server_stopped_at_epoch_3_then_sync(
         t3, _ = seen[STOP_AT]
         t4, m4 = seen[STOP_AT + 1]
         stall = (t4 - t3) - m4["epoch_seconds"] - m4.get("val_seconds", 0.0)
-        print(f"\ntraining stalled {stall:.1f} s after the server stopped")
+        with capsys.disabled():
+            print(f"\ntraining stalled {stall:.1f} s after the server stopped")
         assert stall < 30, stall
 
         # every output is in output_dir

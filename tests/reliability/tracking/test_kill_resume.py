@@ -15,7 +15,7 @@ import pytest
 from recvae import cli
 from recvae.config import load_config
 from recvae.data.ingest import ingest
-from tests.reliability.runs import REPO, pipeline_file, store_view
+from tests.reliability.tracking.runs import REPO, pipeline_file, store_view
 
 pytestmark = pytest.mark.slow
 EPOCHS = 5
