@@ -1,4 +1,4 @@
-"""The ``recvae`` command line: ingest, train, evaluate, recommend, run a pipeline, open the UI.
+"""The ``recvae`` command line: ingest, train, evaluate, recommend, run, sync, open the UI.
 
 User errors (bad files, bad values) print one line and exit with status 2, without a traceback
 unless ``--debug`` is given.
@@ -218,15 +218,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     remove_stale(args.out)  # what a killed `recvae train` left beside --out
     mc = _model_config(args)
+    # checkpoints and the run's tracking record live here until the model is complete
+    work = Path(args.out).parent / f".{Path(args.out).name}.work"
     tracker = None
     if not args.no_track:
         from recvae.tracking import Tracker
 
-        tracker = Tracker(args.tracking_uri, args.experiment)  # fails fast if unreachable
+        # fails fast if unreachable; --resume continues the killed process's MLflow run
+        tracker = Tracker(args.tracking_uri, args.experiment, output_dir=work, resume=args.resume)
     dataset = Dataset.load(args.data)
     if tracker is not None:
         tracker.dataset, tracker.dataset_source = dataset, str(args.data)
-    work = Path(args.out).parent / f".{Path(args.out).name}.work"
     try:
         outcome = train_and_evaluate(
             mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
@@ -238,13 +240,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp)
             shutil.copytree(outcome.model_dir, tmp)
     except BaseException:
-        # The work folder is kept only while it holds a checkpoint for --resume.
-        if not _has_checkpoint(work / "checkpoints"):
+        # The work folder is kept while it holds a checkpoint for --resume, or a tracking record
+        # that `recvae sync` must still send.
+        if not _has_checkpoint(work / "checkpoints") and not (
+            tracker is not None and tracker.not_logged()
+        ):
             shutil.rmtree(work, ignore_errors=True)
         raise
-    shutil.rmtree(work, ignore_errors=True)
     print(f"saved {args.out}")
     print(results_table([outcome], [f"test/{m}" for m in _table_metrics(args.k)]))
+    if tracker is not None and tracker.not_logged():
+        # the record (and the model it references) must outlive this process for `recvae sync`
+        print(tracker.offline_summary(), file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     if tracker is not None and outcome.run_id:
         print(f"\nMLflow run:   {outcome.run_id}   (store {tracker.uri})")
         print(f"open it:      {_ui_hint(tracker.uri, outcome.experiment_id, outcome.run_id)}")
@@ -392,6 +401,16 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from recvae.tracking.sync import sync_output
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print run ids
+    report = sync_output(args.output_dir, uri=args.tracking_uri)
+    print(f"{args.output_dir}: {report.synced} run(s) synced, {report.unchanged} already complete, "
+          f"{report.skipped} skipped, {report.failed} failed")
+    return 1 if report.failed else 0
 
 
 def ui_store_uri(arg: str | None) -> str:
@@ -560,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
 
+    s = command("sync", "send the runs an outage kept in OUTPUT_DIR/tracking to the MLflow store")
+    s.add_argument("output_dir", help="a pipeline's output_dir (or a `recvae train` work folder)")
+    s.add_argument("--tracking-uri", help="another store than the one each run was meant for")
+    s.set_defaults(func=cmd_sync)
+
     s = command("ui", "start the MLflow UI on the tracking store")
     s.add_argument("--tracking-uri", help="the store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     s.add_argument("--host", default=UI_HOST, help="address to listen on")
@@ -583,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.debug:
+        # urllib3 warns on every retry of a failing tracking call; recvae warns once instead
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         # MLflow's own chatter (pickling notices, schema hints, download bars) buries the
         # per-epoch lines users read; --debug shows it.
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")

@@ -7,12 +7,14 @@ reported and the others still run; the exit status says whether all succeeded.
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import logging
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from recvae.data.dataset import Dataset
 from recvae.data.ingest import drop_lines, ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
+from recvae.io import atomic_file
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
 
@@ -166,12 +169,14 @@ def train_and_evaluate(
     with run_ctx as run:
         if run is not None:
             out.run_id, out.experiment_id = run.info.run_id, run.info.experiment_id
-            out.parent_run_id = run.data.tags.get("mlflow.parentRunId")
+            out.parent_run_id = run.parent.run_id if run.parent is not None else None
         callbacks = [tracker.epoch_callback()] if tracker is not None else []
         out.fit_seconds = _fit(
             model, dataset, mc.run_name, callbacks, show_progress,
             output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume,
         )
+        if tracker is not None:  # epochs restored from a checkpoint that no report carried
+            tracker.complete_curve(model.history_, model.best_epoch_)
 
         t1 = time.perf_counter()
         val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
@@ -216,9 +221,11 @@ def train_and_evaluate(
                 tracker.log_topk(topk.path)
         if tracker is not None and log_model:
             tracker.log_model(
-                model, dataset,
+                model, dataset, model_dir=model_dir,
                 registered_model_name=registered_model_name(dataset, mc.run_name) if register else None,
             )
+    # known only now: a run created while the store was away gets its id at the first push
+    out.run_id = run.run_id if run is not None else None
     out.ok = True
     return out
 
@@ -244,7 +251,9 @@ def run_pipeline(
     if track:  # connect first: an unreachable server fails now, not after an hour of training
         from recvae.tracking import Tracker
 
-        tracker = (tracker_factory or Tracker)(cfg.tracking.uri, cfg.tracking.experiment)
+        tracker = (tracker_factory or Tracker)(
+            cfg.tracking.uri, cfg.tracking.experiment, output_dir=cfg.output_dir, resume=resume
+        )
 
     t0 = time.perf_counter()
     dataset, reused = ingest(cfg.data, force=force_ingest)
@@ -266,6 +275,8 @@ def run_pipeline(
         )
         if tracker is not None else contextlib.nullcontext()
     )
+    table_metrics = [f"test/{m}" for m in cfg.evaluation.table_metrics()]
+    written: list[Path] = []
     with parent:
         for mc in models:
             print(f"── {mc.run_name} ({mc.model})", flush=True)
@@ -284,7 +295,41 @@ def run_pipeline(
                     log.debug("".join(traceback.format_exception(e)))
                 outcome = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False, error=detail)
             outcomes.append(outcome)
+            written = write_results(outcomes, output_dir, table_metrics)  # as each model ends
+        if tracker is not None:
+            for path in written:
+                tracker.log_artifact(path)
+    if tracker is not None and tracker.offline:
+        print(tracker.offline_summary(), file=sys.stderr, flush=True)
     return outcomes
+
+
+RESULTS_FILES = ("results.csv", "results.json")
+
+
+def write_results(
+    outcomes: Sequence[ModelOutcome], output_dir: str | Path, metrics: Sequence[str] = SUMMARY_METRICS,
+) -> list[Path]:
+    """The pipeline's results table, rewritten as each model ends: ``results.csv`` (one row per
+    model: status, every ``test/`` and ``val/`` metric, seconds, run id, error) and
+    ``results.json`` (the outcomes in full, and which metrics the printed table shows)."""
+    out = Path(output_dir)
+    keys = sorted({k for o in outcomes for k in o.metrics}, key=lambda k: (k not in metrics, k))
+    columns = ["model", "type", "status", *keys, "fit_seconds", "score_seconds", "refit_seconds",
+               "run_id", "error"]
+    csv_path, json_path = (out / name for name in RESULTS_FILES)
+    with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for o in outcomes:
+            w.writerow([o.run_name, o.model, "ok" if o.ok else "FAILED",
+                        *(o.metrics.get(k, "") for k in keys),
+                        *("" if v is None else v for v in (o.fit_seconds, o.score_seconds, o.refit_seconds)),
+                        o.run_id or "", o.error or ""])
+    with atomic_file(json_path) as tmp:
+        doc = {"table_metrics": list(metrics), "models": [asdict(o) for o in outcomes]}
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    return [csv_path, json_path]
 
 
 def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:
@@ -334,5 +379,5 @@ def results_table(
 
 __all__ = [
     "FitSummary", "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
-    "train_and_evaluate",
+    "train_and_evaluate", "write_results",
 ]

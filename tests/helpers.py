@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+TINY_ITEMS = 10
+TINY_ITEM_IDS = np.arange(500, 500 + TINY_ITEMS)
+
 
 def random_csr(n_rows: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
     """Binary float32 CSR with about ``density`` of its entries set, reproducible from ``seed``."""
@@ -58,3 +61,22 @@ def session_processes(sid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[3]) == sid:
             out.append(int(stat.parent.name))
     return out
+
+
+def tiny_dataset():  # noqa: ANN201 - recvae.data.dataset.Dataset (imported lazily)
+    """8 users × 10 items with string user ids and integer item ids (500..509); 5 training, 1
+    validation, 2 test users."""
+    from recvae.data.dataset import Dataset, Part
+
+    def csr(rows: list[list[int]]) -> sp.csr_matrix:
+        return rows_csr(rows, TINY_ITEMS)
+
+    return Dataset(
+        train=csr([[0, 1, 2], [1, 2, 3, 4], [0, 1, 5, 6], [5, 6, 7], [2, 3, 8, 9]]),
+        train_users=np.array([0, 1, 2, 3, 4]),
+        validation=Part(fold_in=csr([[0, 1, 7]]), holdout=csr([[2]]), users=np.array([5])),
+        test=Part(fold_in=csr([[1, 2, 3], [5, 6]]), holdout=csr([[4], [7]]), users=np.array([6, 7])),
+        user_ids=np.array([f"user-{i}" for i in range(8)], dtype=object),
+        item_ids=TINY_ITEM_IDS,
+        manifest={"name": "tiny", "protocol": "strong", "key": "tiny-strong-0123abcd"},
+    )

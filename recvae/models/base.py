@@ -66,6 +66,9 @@ class Recommender(ABC):
     trains_in_epochs: ClassVar[bool] = False
     item_ids_: np.ndarray | None = field(default=None, init=False, repr=False)
     best_epoch_: int | None = field(default=None, init=False, repr=False)
+    #: Per-epoch metrics of the training that produced the model (``{"epoch": e, ...}``, the
+    #: epochs restored from a checkpoint included); empty for models fitted in one go.
+    history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
 
     # -------------------------------------------------------------- contract
     @abstractmethod
