@@ -16,13 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from recvae.config import ModelConfig, PipelineConfig, build_model, to_dict
+from recvae.config import ModelConfig, PipelineConfig, build_model, search_spec, to_dict
 from recvae.data.dataset import Dataset
 from recvae.data.ingest import ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
+from recvae.search.spec import SELECTION_METRIC, SearchSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ModelOutcome:
     error: str | None = None
     refit_seconds: float | None = None
     refit_epochs: int | None = None  # epochs of the refit, for models that train in epochs
+    search: dict[str, Any] | None = None  # a tuned model's search: counts, best trial, seconds
 
 
 def print_epoch(run_name: str, stream: Any = None) -> Callback:
@@ -113,15 +115,24 @@ def train_and_evaluate(
     strict_resume: bool = True,
     refit: bool = False,
     config: dict[str, Any] | None = None,
+    search: SearchSpec | None = None,
+    study_name: str | None = None,
 ) -> ModelOutcome:
     """Train one model, evaluate it on validation and test, write its top-k file, log it all.
 
     With ``refit``, the validation metrics come from the model fitted on ``dataset.train``; the
     model is then refitted on :meth:`Dataset.for_refit` (for the selected number of epochs where
     it trains in epochs) and the test metrics, top-k file, saved and logged model come from it.
+    With ``search``, the model's parameters are first tuned on validation in the Optuna study
+    ``study_name`` (:func:`recvae.search.runner.search_model`), and the final model is the
+    best trial's: refitted with ``refit``, else the best trial's fitted model itself.
     """
     model = build_model(mc, device=device, where=f"model {mc.run_name!r}")
-    params = {"model": {"name": mc.model, **model.params()}, "refit": refit, **(config or {})}
+    searched = set(search.space) if search is not None else set()
+    fixed = {k: v for k, v in model.params().items() if k not in searched}
+    params = {"model": {"name": mc.model, **fixed}, "refit": refit, **(config or {})}
+    if search is not None:
+        params["search"] = _search_params(search, study_name)
     run_ctx = (
         tracker.start_model(mc.run_name, params=params, config=params, device=device)
         if tracker is not None else contextlib.nullcontext(None)
@@ -131,34 +142,46 @@ def train_and_evaluate(
     out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
     with run_ctx as run:
         out.run_id = run.info.run_id if run is not None else None
-        callbacks = [print_epoch(mc.run_name)]
-        if tracker is not None:
-            callbacks.append(tracker.epoch_callback())
-        t0 = time.perf_counter()
-        _fit(model, dataset, callbacks, show_progress,
-             output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume)
-        out.fit_seconds = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
-        out.score_seconds = time.perf_counter() - t1
+        out.score_seconds = 0.0
+        if search is not None:
+            del model  # the search builds one per trial
+            model, mc, val_metrics, overrides = _search(
+                mc, dataset, search, study_name or mc.run_name, out, output_dir=output_dir,
+                device=device, ks=ks, eval_batch_size=eval_batch_size, tracker=tracker,
+                show_progress=show_progress, resume=resume, refit=refit,
+            )
+        else:
+            callbacks = [print_epoch(mc.run_name)]
+            if tracker is not None:
+                callbacks.append(tracker.epoch_callback())
+            t0 = time.perf_counter()
+            _fit(model, dataset, callbacks, show_progress,
+                 output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume)
+            out.fit_seconds = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
+            val_metrics = val.as_metrics("val")
+            out.score_seconds = time.perf_counter() - t1
+            out.refit_epochs, overrides = model.best_epoch_, model.refit_params()
         if refit:
-            out.refit_epochs = model.best_epoch_
-            overrides = model.refit_params()
             # drop the selected model first: EASE's weights alone are n_items² floats
             del model
+            t1 = time.perf_counter()
             model = _refit(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
                 checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
             )
-            out.refit_seconds = time.perf_counter() - t1 - out.score_seconds
+            out.refit_seconds = time.perf_counter() - t1
+        else:
+            out.refit_epochs = None
+        assert model is not None
         model_dir = model.save(output_dir / "models" / mc.run_name)
         out.model_dir = str(model_dir)
 
         t2 = time.perf_counter()
         test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds += time.perf_counter() - t2
-        out.metrics = {**val.as_metrics("val"), **test.as_metrics("test")}
+        out.metrics = {**val_metrics, **test.as_metrics("test")}
         if tracker is not None:
             tracker.log_final(out.metrics)
             tracker.log_timings(
@@ -185,6 +208,58 @@ def train_and_evaluate(
             )
     out.ok = True
     return out
+
+
+def _search(
+    mc: ModelConfig, dataset: Dataset, spec: SearchSpec, study_name: str, out: ModelOutcome, *,
+    output_dir: Path, device: str | None, ks: Sequence[int], eval_batch_size: int,
+    tracker: Any | None, show_progress: bool, resume: bool, refit: bool,
+) -> tuple[Recommender | None, ModelConfig, dict[str, float], dict[str, Any]]:
+    """Tune ``mc``; returns the final model unless a refit follows (None then), the block with
+    the best params, the best trial's validation metrics and its refit overrides."""
+    from recvae.search.runner import search_model
+
+    found = search_model(
+        mc, dataset, spec, study_name=study_name, output_dir=output_dir, ks=ks,
+        eval_batch_size=eval_batch_size, device=device, tracker=tracker, progress=print_epoch,
+        show_progress=show_progress, resume=resume, keep_best=not refit,
+    )
+    out.search, out.fit_seconds = found.summary(), found.wall_seconds
+    out.refit_epochs = found.best_epoch
+    best_mc = replace(mc, params=found.params)
+    if tracker is not None:
+        tracker.log_params({"model": found.best_values, "search": {"best_trial": found.best_trial}})
+        on_epoch = tracker.epoch_callback()  # the best trial's curve, for the model run's plot
+        for point in found.curve:
+            values = {k: v for k, v in point.items() if k != "epoch"}
+            if values:
+                epoch = int(point["epoch"])
+                on_epoch(EpochReport(epoch=epoch, metrics=values, is_best=epoch == found.best_epoch))
+        s = found.summary()
+        tracker.log_final({f"search/{k}": float(s[k]) for k in (
+            "complete", "pruned", "failed", "lost", "trials_here", "best_trial", "wall_seconds")})
+    model = found.model
+    if model is None and not refit:
+        # the best trial ran in another process (a shared study): train it again here, with the
+        # same params and seed, selected on validation as the trial was
+        print(f"[{mc.run_name}] best trial {found.best_trial} ran elsewhere: training it here",
+              flush=True)
+        model = build_model(best_mc, device=device, where=f"model {mc.run_name!r}")
+        _fit(model, dataset, [print_epoch(mc.run_name)], show_progress,
+             output_dir / "checkpoints" / mc.run_name, resume, strict_resume=False)
+    return model, best_mc, found.val_metrics, found.refit_params
+
+
+def _search_params(spec: SearchSpec, study_name: str | None) -> dict[str, Any]:
+    """How a model is tuned, as the model run's ``search.*`` params."""
+    from recvae.search.study import masked
+
+    return {
+        "trials": spec.trials, "timeout_minutes": spec.timeout_minutes,
+        "sampler": spec.sampler.describe(), "pruner": spec.pruner.describe(),
+        "storage": masked(spec.storage) if spec.storage else "output_dir/optuna.db",
+        "study": study_name, "seed": spec.seed, "space": spec.describe(),
+    }
 
 
 def run_pipeline(
@@ -246,6 +321,7 @@ def run_pipeline(
                     recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
                     refit=cfg.refit, resume=resume, strict_resume=False,
+                    search=search_spec(cfg, mc), study_name=study_name(cfg, mc),
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
@@ -255,6 +331,12 @@ def run_pipeline(
                 outcome = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False, error=detail)
             outcomes.append(outcome)
     return outcomes
+
+
+def study_name(cfg: PipelineConfig, mc: ModelConfig) -> str:
+    """The Optuna study of a tuned model: pipeline, dataset and run name, so pipelines that
+    share a storage do not mix their trials."""
+    return f"{cfg.name}:{cfg.data.dataset_name}:{mc.run_name}"
 
 
 def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:
@@ -273,14 +355,20 @@ def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:
 
 
 def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUMMARY_METRICS) -> str:
-    """model × metrics (+ fit seconds) as a fixed-width table; failed models say so."""
-    names = [m.split("/", 1)[1] for m in metrics]
-    header = ["model", *names, "fit_s", "status"]
+    """model × (validation NDCG@100, the selection metric, then ``metrics``) + fit seconds, and
+    the trials of tuned models, as a fixed-width table; failed models say so."""
+    columns = [SELECTION_METRIC, *(m for m in metrics if m != SELECTION_METRIC)]
+    tuned = any(o.search for o in outcomes)
+    header = ["model", *columns, "fit_s", *(["trials"] if tuned else []), "status"]
     rows = []
     for o in outcomes:
-        vals = [f"{o.metrics[m]:.4f}" if m in o.metrics else "-" for m in metrics]
+        vals = [f"{o.metrics[m]:.4f}" if m in o.metrics else "-" for m in columns]
         fit = f"{o.fit_seconds:.1f}" if o.fit_seconds is not None else "-"
-        rows.append([o.run_name, *vals, fit, "ok" if o.ok else "FAILED"])
+        trials = []
+        if tuned:
+            s = o.search
+            trials = [f"{s['complete'] + s['pruned'] + s['failed']} ({s['pruned']} pruned)" if s else "-"]
+        rows.append([o.run_name, *vals, fit, *trials, "ok" if o.ok else "FAILED"])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join(fmt.format(*r) for r in [header, *rows])
@@ -288,5 +376,5 @@ def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUM
 
 __all__ = [
     "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
-    "train_and_evaluate",
+    "study_name", "train_and_evaluate",
 ]

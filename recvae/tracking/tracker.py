@@ -58,6 +58,18 @@ TOPK_ARTIFACT_MAX_BYTES = 50 * 2**20
 TOPK_SAMPLE_ROWS = 100_000
 
 
+# A search trial's state (Optuna's names) → the status its MLflow run ends with.
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class TrialRun:
+    """The MLflow run of one search trial; set ``state`` before the run ends."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.state = "FAIL"
+
+
 # --------------------------------------------------------------------------- where to track
 # --------------------------------------------------------------------------- the tracker
 class Tracker:
@@ -168,6 +180,52 @@ class Tracker:
             yield run
             self._finish_model()
 
+    @contextlib.contextmanager
+    def start_trial(
+        self, number: int, *, params: Mapping[str, Any] | Any | None = None,
+    ) -> Iterator[TrialRun]:
+        """A hyper-parameter search trial: a run nested under the active model run, named
+        ``<model> trial <number>``, holding its params and (through ``epoch_callback(record=
+        False)`` and :meth:`log_trial_result`) its validation curve and metrics.
+
+        The caller sets the yielded :class:`TrialRun`'s ``state``: ``COMPLETE`` ends the run
+        FINISHED, ``PRUNED`` KILLED, anything else (an exception) FAILED; the state is also the
+        tag ``recvae.trial_state``, and the number the tag ``recvae.trial_number``.
+        """
+        run = mlflow.start_run(
+            run_name=f"{self._model or 'model'} trial {number}", nested=True,
+            experiment_id=self.experiment_id,
+        )
+        trial = TrialRun(run.info.run_id)
+        try:
+            mlflow.set_tags({**self._base_tags(), "recvae.run_type": "trial",
+                             "recvae.model": self._model or "", "recvae.trial_number": str(number)})
+            if params:
+                self.log_params(params)
+            yield trial
+        finally:
+            mlflow.set_tag("recvae.trial_state", trial.state)
+            mlflow.end_run(status=TRIAL_STATUS.get(trial.state, "FAILED"))
+
+    def log_trial_result(self, metrics: Mapping[str, float], *, step: int) -> None:
+        """A trial's final metrics (its model's validation scores, fit seconds) at ``step``."""
+        values = finite_metrics(metrics)
+        if values:
+            mlflow.log_metrics(values, step=step)
+
+    def close_stale_run(self, run_id: str, reason: str) -> None:
+        """End a run left RUNNING by a process that died (status FAILED, tag ``recvae.failed``)."""
+        client = self.client
+        try:
+            if client.get_run(run_id).info.status != "RUNNING":
+                return
+            client.set_tag(run_id, "recvae.failed", reason)
+            client.set_terminated(run_id, status="FAILED")
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            # a run of another tracking store (a study shared by machines): not ours to close
+
     # ------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
         """Log nested params flattened with dots (``model.hidden_dims``) to the active run."""
@@ -183,19 +241,22 @@ class Tracker:
         """The resolved config as a YAML (or JSON, by ``name``'s suffix) artifact."""
         mlflow.log_dict(plain(config), name)
 
-    def epoch_callback(self) -> Callback:
+    def epoch_callback(self, *, record: bool = True) -> Callback:
         """A model callback logging each :class:`EpochReport`'s metrics with ``step=epoch``.
 
         Bound to the run active when it is created (so it also works from worker threads).
+        ``record``: also keep the epochs for the model run's ``metrics.json``, best epoch and
+        learning curves (not for a trial's run).
         """
         run_id = _active_run_id()
         client = self.client
 
         def on_epoch(report: EpochReport) -> None:
             values = finite_metrics(report.metrics)
-            self._history.append((report.epoch, values))
-            if report.is_best:
-                self._best_epoch = report.epoch
+            if record:
+                self._history.append((report.epoch, values))
+                if report.is_best:
+                    self._best_epoch = report.epoch
             now = int(time.time() * 1000)
             metrics = [Metric(k, v, now, int(report.epoch)) for k, v in values.items()]
             for i in range(0, len(metrics), MAX_BATCH):
