@@ -58,13 +58,18 @@ def test_a_killed_search_resumes_and_finishes_its_trials(
     proc = _recvae("run", str(path), "--no-track", "--quiet", log=log)
     try:
         deadline = time.monotonic() + 600
+        while not _trials(url):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        storage = open_storage(url)
+        study_id = storage.get_study_id_from_name(STUDY)
         while True:  # kill -9 once a trial is complete and the next one is running
             assert proc.poll() is None, f"finished before it could be killed:\n{log.read_text()}"
             assert time.monotonic() < deadline, log.read_text()
-            states = [t.state.name for t in _trials(url)]
-            if "COMPLETE" in states and "RUNNING" in states:
+            states = {t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}
+            if {"COMPLETE", "RUNNING"} <= states:
                 break
-            time.sleep(0.2)
+            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
