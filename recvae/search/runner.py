@@ -246,11 +246,12 @@ class _TrialRunner:
             # Optuna beats only inside study.optimize, and says so; _heartbeat beats here
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
-        mark_owner(trial)
         label = f"{self.mc.run_name} trial {trial.number}"
         t0 = time.perf_counter()
         try:
+            # beat first: a trial that never beat is never seen dead by other hosts
             with _heartbeat(self.storage, study, trial.number):
+                mark_owner(trial)
                 value = self._run(trial, label)
         except optuna.TrialPruned as e:
             study.tell(trial, state=TrialState.PRUNED)

@@ -29,6 +29,7 @@ import numpy as np
 import optuna
 from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import ArgumentError
 
 from recvae.errors import RecvaeError
 from recvae.search.spec import Choice, FloatRange, IntRange, Named, SearchSpec
@@ -91,9 +92,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_SECONDS,
                 )
         except ImportError as e:
+            hint = {"postgresql": "pip install psycopg2-binary",
+                    "mysql": "pip install PyMySQL and use mysql+pymysql://"}.get(
+                url.split(":", 1)[0].split("+", 1)[0], "install its SQLAlchemy driver")
             raise RecvaeError(
-                f"Optuna storage {masked(url)}: its database driver is not installed ({e})"
+                f"Optuna storage {masked(url)}: its database driver is not installed; {hint} "
+                f"({str(e).strip().splitlines()[0]})"
             ) from None
+        except ArgumentError as e:
+            raise RecvaeError(f"Optuna storage {masked(url)}: not a database URL ({e})") from None
         except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: connection or schema race
             last = e
             if _sqlite_path(url) is not None and attempt >= 1:
