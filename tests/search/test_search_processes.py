@@ -52,7 +52,8 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
 def test_a_killed_search_resumes_and_finishes_its_trials(
     tmp_path: Path, write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = write_pipeline([{**BLOCK, "trials": 3}])
+    block = {**BLOCK, "params": {**BLOCK["params"], "epochs": 5}, "trials": 3}
+    path = write_pipeline([block])
     url = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     log = tmp_path / "killed.log"
     proc = _recvae("run", str(path), "--no-track", "--quiet", log=log)
