@@ -244,14 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _pairs(args.set, "--set"))
     only = [m for m in args.models.split(",") if m] if args.models else None
     if args.dry_run:
-        from recvae.config import search_spec
-
-        names = []
-        for m in cfg.models:
-            if not only or m.run_name in only:
-                spec = search_spec(cfg, m)
-                names.append(m.run_name + (f" (search: {spec.trials} trials over "
-                                           f"{', '.join(spec.space)})" if spec else ""))
+        names = [m.run_name for m in cfg.models if not only or m.run_name in only]
         print(f"{args.config}: valid; dataset {cfg.data.dataset_name} → {cfg.data.out_dir}; "
               f"models: {', '.join(names)}")
         return 0
@@ -259,8 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             force_ingest=args.force_ingest, resume=args.resume)
     print()
     print(results_table(outcomes, [f"test/{m}" for m in cfg.evaluation.table_metrics()]))
-    print("(val/ndcg_at_100 selected each model; the test set scored only the final one. "
-          "recall_at_k = hits / min(k, |held-out|), Liang et al.; recall_full_at_k = hits / "
+    print("(recall_at_k = hits / min(k, |held-out|), Liang et al.; recall_full_at_k = hits / "
           "|held-out| is logged too)")
     print(f"\nmodels:          {Path(cfg.output_dir) / 'models'}")
     if cfg.recommend.enabled:

@@ -23,7 +23,7 @@ from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
-from recvae.search.spec import SELECTION_METRIC, SearchSpec
+from recvae.search.spec import SearchSpec
 
 log = logging.getLogger(__name__)
 
@@ -355,20 +355,14 @@ def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:
 
 
 def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUMMARY_METRICS) -> str:
-    """model × (validation NDCG@100, the selection metric, then ``metrics``) + fit seconds, and
-    the trials of tuned models, as a fixed-width table; failed models say so."""
-    columns = [SELECTION_METRIC, *(m for m in metrics if m != SELECTION_METRIC)]
-    tuned = any(o.search for o in outcomes)
-    header = ["model", *columns, "fit_s", *(["trials"] if tuned else []), "status"]
+    """model × metrics (+ fit seconds) as a fixed-width table; failed models say so."""
+    names = [m.split("/", 1)[1] for m in metrics]
+    header = ["model", *names, "fit_s", "status"]
     rows = []
     for o in outcomes:
-        vals = [f"{o.metrics[m]:.4f}" if m in o.metrics else "-" for m in columns]
+        vals = [f"{o.metrics[m]:.4f}" if m in o.metrics else "-" for m in metrics]
         fit = f"{o.fit_seconds:.1f}" if o.fit_seconds is not None else "-"
-        trials = []
-        if tuned:
-            s = o.search
-            trials = [f"{s['complete'] + s['pruned'] + s['failed']} ({s['pruned']} pruned)" if s else "-"]
-        rows.append([o.run_name, *vals, fit, *trials, "ok" if o.ok else "FAILED"])
+        rows.append([o.run_name, *vals, fit, "ok" if o.ok else "FAILED"])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join(fmt.format(*r) for r in [header, *rows])

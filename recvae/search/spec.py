@@ -159,7 +159,8 @@ class SearchConfig:
     timeout_minutes: float | None = None
     sampler: str | dict[str, Any] = "tpe"
     pruner: str | dict[str, Any] = "median"
-    storage: str | None = None
+    # a URI path: a relative sqlite:/// file resolves like the pipeline file's other paths
+    storage: str | None = field(default=None, metadata={"path": "uri"})
     seed: int = 98765
 
 

@@ -20,7 +20,7 @@ from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.models.autoencoders import MultDAE
 from recvae.models.ease import EASE
-from recvae.pipeline import ModelOutcome, results_table, run_pipeline
+from recvae.pipeline import run_pipeline
 from recvae.search.spec import SearchSpec, parse_named
 from recvae.search.study import make_sampler
 
@@ -256,13 +256,3 @@ def test_trials_draw_from_the_seed_and_their_number() -> None:
     b = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler(spec))
     joined = _draws(b, 1)
     assert joined[:3] == first[:3] and not np.isclose(joined[2], first[:2]).any()
-
-
-def test_results_table_shows_the_selection_metric_beside_test_and_the_trials() -> None:
-    tuned = ModelOutcome("mult-vae", "mult-vae", True, {"val/ndcg_at_100": 0.41, "test/ndcg_at_100": 0.4},
-                         fit_seconds=12.0, search={"complete": 5, "pruned": 2, "failed": 1})
-    plain = ModelOutcome("ease", "ease", True, {"val/ndcg_at_100": 0.39, "test/ndcg_at_100": 0.38})
-    header, row1, row2 = results_table([tuned, plain], ["test/ndcg_at_100"]).splitlines()
-    assert header.split() == ["model", "val/ndcg_at_100", "test/ndcg_at_100", "fit_s", "trials", "status"]
-    assert row1.split() == ["mult-vae", "0.4100", "0.4000", "12.0", "8", "(2", "pruned)", "ok"]
-    assert row2.split() == ["ease", "0.3900", "0.3800", "-", "-", "ok"]
