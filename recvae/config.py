@@ -18,7 +18,7 @@ import yaml
 
 from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig  # noqa: F401 - re-exported
 from recvae.errors import RecvaeError
-from recvae.search.spec import SearchConfig, SearchSpec, resolve_search
+from recvae.search.spec import SearchConfig, model_search
 
 
 @dataclass
@@ -260,14 +260,7 @@ def validate(cfg: PipelineConfig, source: str) -> None:
             raise RecvaeError(f"{where}: duplicate run name {m.run_name!r}; give each model a distinct label")
         seen.add(m.run_name)
         build_model(m, where=where)  # constructs (no training) to validate names, types and values
-        search_spec(cfg, m, where=where)
-
-
-def search_spec(cfg: PipelineConfig, m: ModelConfig, *, where: str | None = None) -> SearchSpec | None:
-    """The checked search of the model block ``m`` (None when it is not tuned)."""
-    if where is None:
-        where = f"{cfg.source_file}: models[{cfg.models.index(m)}]"
-    return resolve_search(m, cfg.search, where)
+        model_search(cfg, m, where=where)  # a bad search: block fails at load (and --dry-run)
 
 
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from recvae.config import ModelConfig, PipelineConfig, build_model, search_spec, to_dict
+from recvae.config import ModelConfig, PipelineConfig, build_model, to_dict
 from recvae.data.dataset import Dataset
 from recvae.data.ingest import ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
-from recvae.search.spec import SearchSpec
+from recvae.search.spec import SearchSpec, model_search
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ class ModelOutcome:
     topk_path: str | None = None
     run_id: str | None = None
     error: str | None = None
+    search: dict[str, Any] | None = None  # a tuned model's search: counts, best trial, seconds
     refit_seconds: float | None = None
     refit_epochs: int | None = None  # epochs of the refit, for models that train in epochs
-    search: dict[str, Any] | None = None  # a tuned model's search: counts, best trial, seconds
 
 
 def print_epoch(run_name: str, stream: Any = None) -> Callback:
@@ -321,7 +321,7 @@ def run_pipeline(
                     recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
                     refit=cfg.refit, resume=resume, strict_resume=False,
-                    search=search_spec(cfg, mc), study_name=study_name(cfg, mc),
+                    search=model_search(cfg, mc), study_name=study_name(cfg, mc),
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
@@ -370,5 +370,5 @@ def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUM
 
 __all__ = [
     "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
-    "study_name", "train_and_evaluate",
+    "train_and_evaluate",
 ]

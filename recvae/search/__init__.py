@@ -7,6 +7,8 @@ The pipeline tunes a model block that has ``search:`` before its final fit; see
 """
 
 from recvae.search.spaces import DEFAULT_SPACES
-from recvae.search.spec import SELECTION_METRIC, SearchConfig, SearchSpec, resolve_search
+from recvae.search.spec import SELECTION_METRIC, SearchConfig, SearchSpec, model_search, resolve_search
 
-__all__ = ["DEFAULT_SPACES", "SELECTION_METRIC", "SearchConfig", "SearchSpec", "resolve_search"]
+__all__ = [
+    "DEFAULT_SPACES", "SELECTION_METRIC", "SearchConfig", "SearchSpec", "model_search", "resolve_search",
+]

@@ -183,6 +183,14 @@ class SearchSpec:
 
 
 # --------------------------------------------------------------------------- parsing
+def model_search(cfg: Any, m: Any, *, where: str | None = None) -> SearchSpec | None:
+    """The checked search of the model block ``m`` of the pipeline ``cfg`` (a
+    :class:`recvae.config.PipelineConfig`), or None when the block has no ``search:``."""
+    if where is None:
+        where = f"{cfg.source_file}: models[{cfg.models.index(m)}]"
+    return resolve_search(m, cfg.search, where)
+
+
 def resolve_search(m: Any, defaults: SearchConfig, where: str) -> SearchSpec | None:
     """The :class:`SearchSpec` of the model block ``m`` (``where`` names it, e.g.
     ``FILE: models[2]``), or None when it has no ``search:``; a RecvaeError names the bad key."""

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from recvae import cli
-from recvae.config import load_config, search_spec
+from recvae.config import load_config
 from recvae.models import MODEL_NAMES
 from recvae.search.spaces import DEFAULT_SPACES
-from recvae.search.spec import Choice, FloatRange, IntRange
+from recvae.search.spec import Choice, FloatRange, IntRange, model_search
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {
@@ -46,8 +46,8 @@ def test_a_search_block_parses_into_typed_parameters(tmp_path: Path) -> None:
         "trials": 7, "sampler": {"name": "tpe", "n_startup_trials": 3}, "pruner": "hyperband",
     })
     cfg = load_config(path)
-    spec = search_spec(cfg, cfg.models[2])
-    assert spec is not None and search_spec(cfg, cfg.models[1]) is None
+    spec = model_search(cfg, cfg.models[2])
+    assert spec is not None and model_search(cfg, cfg.models[1]) is None
     assert spec.space["lr"] == FloatRange(1e-4, 1e-2, log=True)
     assert spec.space["dropout"] == FloatRange(0.0, 0.5)
     assert spec.space["latent_dim"] == IntRange(100, 300, step=50)
@@ -66,12 +66,12 @@ def test_model_settings_override_the_pipelines_search_section(tmp_path: Path) ->
         search={"trials": 4, "sampler": "random", "storage": "postgresql://u:secret@db/optuna"},
     )
     cfg = load_config(path)
-    spec = search_spec(cfg, cfg.models[2])
+    spec = model_search(cfg, cfg.models[2])
     assert (spec.trials, spec.sampler.name, spec.pruner.name) == (4, "random", "none")
     assert spec.storage == "postgresql://u:secret@db/optuna" and spec.default_space
     # --set reaches every tuned model through the pipeline's section
     cfg = load_config(path, {"search.trials": 2})
-    assert search_spec(cfg, cfg.models[2]).trials == 2
+    assert model_search(cfg, cfg.models[2]).trials == 2
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_SPACES))
@@ -80,7 +80,7 @@ def test_default_spaces_are_valid_for_their_models(tmp_path: Path, name: str) ->
         pytest.skip(f"{name} is not registered in this build")
     path = write(tmp_path, {"model": name, "label": "tuned", "search": "default"})
     cfg = load_config(path)  # each bound and choice is tried on the model's constructor
-    spec = search_spec(cfg, cfg.models[2])
+    spec = model_search(cfg, cfg.models[2])
     assert set(spec.space) == set(DEFAULT_SPACES[name])
 
 
