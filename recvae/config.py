@@ -31,15 +31,27 @@ import yaml
 
 from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig  # noqa: F401 - re-exported
 from recvae.errors import RecvaeError
+from recvae.search.spec import SearchConfig, model_search
 
 
 @dataclass
 class ModelConfig:
-    """One model of the pipeline: a registry name, an optional run label, hyper-parameters."""
+    """One model of the pipeline: a registry name, an optional run label, hyper-parameters.
+
+    With ``search`` (a mapping of parameter spaces, or ``default``) the model is tuned on
+    validation first; ``trials``, ``timeout_minutes``, ``sampler``, ``pruner`` and ``storage``
+    override the pipeline's ``search:`` section for this model (see :mod:`recvae.search.spec`).
+    """
 
     model: str
     label: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    search: str | dict[str, Any] | None = None
+    trials: int | None = None
+    timeout_minutes: float | None = None
+    sampler: str | dict[str, Any] | None = None
+    pruner: str | dict[str, Any] | None = None
+    storage: str | None = None
 
     @property
     def run_name(self) -> str:
@@ -105,6 +117,7 @@ class PipelineConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)  # defaults of tuned models
     source_file: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -343,6 +356,7 @@ def validate(cfg: PipelineConfig, source: str) -> None:
             raise RecvaeError(f"{where}: duplicate run name {m.run_name!r}; give each model a distinct label")
         seen.add(m.run_name)
         build_model(m, where=where)  # constructs (no training) to validate names, types and values
+        model_search(cfg, m, where=where)  # a bad search: block fails at load (and --dry-run)
 
 
 def select_models(cfg: PipelineConfig, only: Sequence[str] | None) -> list[ModelConfig]:

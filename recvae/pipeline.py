@@ -26,6 +26,7 @@ from recvae.evaluation import evaluate
 from recvae.io import atomic_file
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
+from recvae.search.spec import SearchSpec, model_search
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ModelOutcome:
     topk_path: str | None = None
     run_id: str | None = None
     error: str | None = None
+    search: dict[str, Any] | None = None  # a tuned model's search: counts, best trial, seconds
     refit_seconds: float | None = None
     refit_epochs: int | None = None  # epochs of the refit, for models that train in epochs
     experiment_id: str | None = None  # MLflow's, when tracked
@@ -150,15 +152,24 @@ def train_and_evaluate(
     strict_resume: bool = True,
     refit: bool = False,
     config: dict[str, Any] | None = None,
+    search: SearchSpec | None = None,
+    study_name: str | None = None,
 ) -> ModelOutcome:
     """Train one model, evaluate it on validation and test, write its top-k file, log it all.
 
     With ``refit``, the validation metrics come from the model fitted on ``dataset.train``; the
     model is then refitted on :meth:`Dataset.for_refit` (for the selected number of epochs where
     it trains in epochs) and the test metrics, top-k file, saved and logged model come from it.
+    With ``search``, the model's parameters are first tuned on validation in the Optuna study
+    ``study_name`` (:func:`recvae.search.runner.search_model`), and the final model is the
+    best trial's: refitted with ``refit``, else the best trial's fitted model itself.
     """
     model = build_model(mc, device=device, where=f"model {mc.run_name!r}")
-    params = {"model": {"name": mc.model, **model.params()}, "refit": refit, **(config or {})}
+    searched = set(search.space) if search is not None else set()
+    fixed = {k: v for k, v in model.params().items() if k not in searched}
+    params = {"model": {"name": mc.model, **fixed}, "refit": refit, **(config or {})}
+    if search is not None:
+        params["search"] = _search_params(search, study_name)
     run_ctx = (
         tracker.start_model(mc.run_name, params=params, config=params, device=device)
         if tracker is not None else contextlib.nullcontext(None)
@@ -170,34 +181,46 @@ def train_and_evaluate(
         if run is not None:
             out.run_id, out.experiment_id = run.info.run_id, run.info.experiment_id
             out.parent_run_id = run.parent.run_id if run.parent is not None else None
-        callbacks = [tracker.epoch_callback()] if tracker is not None else []
-        out.fit_seconds = _fit(
-            model, dataset, mc.run_name, callbacks, show_progress,
-            output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume,
-        )
-        if tracker is not None:  # epochs restored from a checkpoint that no report carried
-            tracker.complete_curve(model.history_, model.best_epoch_)
-
-        t1 = time.perf_counter()
-        val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
-        out.score_seconds = time.perf_counter() - t1
+        out.score_seconds = 0.0
+        if search is not None:
+            del model  # the search builds one per trial
+            model, mc, val_metrics, overrides = _search(
+                mc, dataset, search, study_name or mc.run_name, out, output_dir=output_dir,
+                device=device, ks=ks, eval_batch_size=eval_batch_size, tracker=tracker,
+                show_progress=show_progress, resume=resume, refit=refit,
+            )
+        else:
+            callbacks = [tracker.epoch_callback()] if tracker is not None else []
+            out.fit_seconds = _fit(
+                model, dataset, mc.run_name, callbacks, show_progress,
+                output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume,
+            )
+            if tracker is not None:  # epochs restored from a checkpoint that no report carried
+                tracker.complete_curve(model.history_, model.best_epoch_)
+            t1 = time.perf_counter()
+            val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
+            val_metrics = val.as_metrics("val")
+            out.score_seconds = time.perf_counter() - t1
+            out.refit_epochs, overrides = model.best_epoch_, model.refit_params()
         if refit:
-            out.refit_epochs = model.best_epoch_
-            overrides = model.refit_params()
             # drop the selected model first: EASE's weights alone are n_items² floats
             del model
+            t1 = time.perf_counter()
             model = _refit(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
                 checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
             )
-            out.refit_seconds = time.perf_counter() - t1 - out.score_seconds
+            out.refit_seconds = time.perf_counter() - t1
+        else:
+            out.refit_epochs = None
+        assert model is not None
         model_dir = model.save(output_dir / "models" / mc.run_name)
         out.model_dir = str(model_dir)
 
         t2 = time.perf_counter()
         test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds += time.perf_counter() - t2
-        out.metrics = {**val.as_metrics("val"), **test.as_metrics("test")}
+        out.metrics = {**val_metrics, **test.as_metrics("test")}
         if tracker is not None:
             tracker.log_final(out.metrics)
             tracker.log_timings(
@@ -228,6 +251,58 @@ def train_and_evaluate(
     out.run_id = run.run_id if run is not None else None
     out.ok = True
     return out
+
+
+def _search(
+    mc: ModelConfig, dataset: Dataset, spec: SearchSpec, study_name: str, out: ModelOutcome, *,
+    output_dir: Path, device: str | None, ks: Sequence[int], eval_batch_size: int,
+    tracker: Any | None, show_progress: bool, resume: bool, refit: bool,
+) -> tuple[Recommender | None, ModelConfig, dict[str, float], dict[str, Any]]:
+    """Tune ``mc``; returns the final model unless a refit follows (None then), the block with
+    the best params, the best trial's validation metrics and its refit overrides."""
+    from recvae.search.runner import search_model
+
+    found = search_model(
+        mc, dataset, spec, study_name=study_name, output_dir=output_dir, ks=ks,
+        eval_batch_size=eval_batch_size, device=device, tracker=tracker, progress=print_epoch,
+        show_progress=show_progress, resume=resume, keep_best=not refit,
+    )
+    out.search, out.fit_seconds = found.summary(), found.wall_seconds
+    out.refit_epochs = found.best_epoch
+    best_mc = replace(mc, params=found.params)
+    if tracker is not None:
+        tracker.log_params({"model": found.best_values, "search": {"best_trial": found.best_trial}})
+        on_epoch = tracker.epoch_callback()  # the best trial's curve, for the model run's plot
+        for point in found.curve:
+            values = {k: v for k, v in point.items() if k != "epoch"}
+            if values:
+                epoch = int(point["epoch"])
+                on_epoch(EpochReport(epoch=epoch, metrics=values, is_best=epoch == found.best_epoch))
+        s = found.summary()
+        tracker.log_final({f"search/{k}": float(s[k]) for k in (
+            "complete", "pruned", "failed", "lost", "trials_here", "best_trial", "wall_seconds")})
+    model = found.model
+    if model is None and not refit:
+        # the best trial ran in another process (a shared study): train it again here, with the
+        # same params and seed, selected on validation as the trial was
+        print(f"[{mc.run_name}] best trial {found.best_trial} ran elsewhere: training it here",
+              flush=True)
+        model = build_model(best_mc, device=device, where=f"model {mc.run_name!r}")
+        _fit(model, dataset, mc.run_name, [], show_progress,
+             output_dir / "checkpoints" / mc.run_name, resume, strict_resume=False)
+    return model, best_mc, found.val_metrics, found.refit_params
+
+
+def _search_params(spec: SearchSpec, study_name: str | None) -> dict[str, Any]:
+    """How a model is tuned, as the model run's ``search.*`` params."""
+    from recvae.search.study import masked
+
+    return {
+        "trials": spec.trials, "timeout_minutes": spec.timeout_minutes,
+        "sampler": spec.sampler.describe(), "pruner": spec.pruner.describe(),
+        "storage": masked(spec.storage) if spec.storage else "output_dir/optuna.db",
+        "study": study_name, "seed": spec.seed, "space": spec.describe(),
+    }
 
 
 def run_pipeline(
@@ -287,6 +362,7 @@ def run_pipeline(
                     recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
                     refit=cfg.refit, resume=resume, strict_resume=False,
+                    search=model_search(cfg, mc), study_name=study_name(cfg, mc),
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
@@ -330,6 +406,12 @@ def write_results(
         doc = {"table_metrics": list(metrics), "models": [asdict(o) for o in outcomes]}
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
     return [csv_path, json_path]
+
+
+def study_name(cfg: PipelineConfig, mc: ModelConfig) -> str:
+    """The Optuna study of a tuned model: pipeline, dataset and run name, so pipelines that
+    share a storage do not mix their trials."""
+    return f"{cfg.name}:{cfg.data.dataset_name}:{mc.run_name}"
 
 
 def format_summary(summary: dict[str, Any], *, one_line: bool = False) -> str:

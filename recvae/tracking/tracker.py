@@ -90,6 +90,7 @@ class TrackedRun:
         self.parent = parent
         self.reopened = reopened
         self.needs_completion = reopened  # the store may hold part of what the record has
+        self.end_status: str | None = None  # overrides the status the run ends with
         self.curve: dict[int, dict[str, float]] = {}
         self.best_epoch: int | None = None
         self.final: dict[str, float] = {}
@@ -114,6 +115,19 @@ class TrackedRun:
     @property
     def history(self) -> list[tuple[int, dict[str, float]]]:
         return sorted(self.curve.items())
+
+
+class TrialRun:
+    """The MLflow run of one search trial (``run_id`` None while the store is away); set
+    ``state`` (Optuna's COMPLETE, PRUNED or FAIL) before the run ends."""
+
+    def __init__(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.state = "FAIL"
+
+
+# A search trial's state (Optuna's names) → the status its MLflow run ends with.
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 class Tracker:
@@ -282,21 +296,68 @@ class Tracker:
                 self.log_params(params)
             if config is not None:
                 self.log_config(config)
-            if self.dataset is not None:
+            if self.dataset is not None and kind != "trial":  # trials share their model's
                 self.log_dataset(self.dataset, source=self.dataset_source)
             yield run
         except BaseException as e:
             killed = isinstance(e, KeyboardInterrupt | SystemExit | GeneratorExit)
-            if not killed:
+            if not killed and run.end_status is None:
                 text = f"{type(e).__name__}: {e}"
                 self.set_tags({"recvae.error": text.strip().splitlines()[0][:500] if text.strip() else text})
-            self._close(run, "KILLED" if killed else "FAILED")
+            self._close(run, run.end_status or ("KILLED" if killed else "FAILED"))
             raise
         else:
-            self._close(run, "FINISHED")
+            self._close(run, run.end_status or "FINISHED")
         finally:
             self._stack.remove(run)
             self._heartbeat.remove(run.record)
+
+    @contextlib.contextmanager
+    def start_trial(
+        self, number: int, *, params: Mapping[str, Any] | Any | None = None,
+    ) -> Iterator[TrialRun]:
+        """A hyper-parameter search trial: a run nested under the open model run, named
+        ``<model> trial <number>``, holding its params and (through :meth:`epoch_callback` and
+        :meth:`log_trial_result`) its validation curve and metrics.
+
+        The caller sets the yielded :class:`TrialRun`'s ``state``: ``COMPLETE`` ends the run
+        FINISHED, ``PRUNED`` KILLED, anything else (an exception) FAILED; the state is also the
+        tag ``recvae.trial_state``, and the number the tag ``recvae.trial_number``.
+        """
+        model = self._current()
+        trial = TrialRun(None)
+        with self.start_run(
+            f"{model.name} trial {number}", kind="trial", params=params,
+            tags={"recvae.model": model.name, "recvae.trial_number": str(number)},
+        ) as run:
+            trial.run_id = run.run_id
+            try:
+                yield trial
+            finally:
+                self.set_tags({"recvae.trial_state": trial.state})
+                if trial.state == "PRUNED":  # an exception that is not a failure
+                    run.end_status = TRIAL_STATUS["PRUNED"]
+
+    def log_trial_result(self, metrics: Mapping[str, float], *, step: int) -> None:
+        """A trial's final metrics (its model's validation scores, fit seconds) at ``step``."""
+        self.log_metrics(metrics, step=step)
+
+    def close_stale_run(self, run_id: str, reason: str) -> None:
+        """End a run left RUNNING by a process that died (status FAILED, tag ``recvae.failed``);
+        a run this store does not hold (a study shared by machines) is not ours to close."""
+
+        def close() -> None:
+            client = self.client
+            try:
+                if client.get_run(run_id).info.status != "RUNNING":
+                    return
+                client.set_tag(run_id, "recvae.failed", reason)
+                client.set_terminated(run_id, status="FAILED")
+            except mlflow.exceptions.MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+
+        self.guard.call(f"close the stale run {run_id}", close)
 
     # ------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
