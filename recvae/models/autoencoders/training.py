@@ -238,7 +238,6 @@ class ElboStep:
         return metrics
 
 
-
 @contextlib.contextmanager
 def frozen(module: torch.nn.Module) -> Iterator[None]:
     """Run the block with ``module``'s parameters out of autograd: no gradient is computed for
@@ -324,12 +323,12 @@ class RecVAEStep:
                 state.steps += 1
                 n_dec += x.n_rows
                 dec += nll.detach().double() * x.n_rows
-        nll_sum, kl_sum, beta_kl_sum, beta_sum = (enc / max(n_enc, 1)).tolist()
+        nll_mean, kl_mean, beta_kl_mean, beta_mean = (enc / max(n_enc, 1)).tolist()
         return {
-            "train/loss": nll_sum + beta_kl_sum,
-            "train/nll": nll_sum,
-            "train/kl": kl_sum,
-            "train/beta": beta_sum,
+            "train/loss": nll_mean + beta_kl_mean,
+            "train/nll": nll_mean,
+            "train/kl": kl_mean,
+            "train/beta": beta_mean,
             "train/decoder_loss": float(dec) / max(n_dec, 1),
         }
 
