@@ -6,6 +6,8 @@ this repository) and driven by a loop that mirrors their ``run.py``: users shuff
 dense float32 batches of 500 (``torch.Tensor(rows.toarray())``), one Adam per half (lr 5e-4),
 3 encoder epochs with dropout 0.5, ``update_prior()``, 1 decoder epoch without dropout,
 ``gamma=0.005``, seed 1337. recvae trains ``RecVAE()`` with its defaults (the same settings).
+First, both models get the authors' initial weights and the same noise on one batch: the loss
+and gradients must agree to float rounding (``same_model_check``).
 Both are scored by the same code (``recvae.evaluation``, validation NDCG@100 with the fold-in
 masked) after every epoch, and the two trainings alternate epoch by epoch, so that both see the
 same machine load: recvae continues from its checkpoint (``fit(..., resume=True)``, exact) for
@@ -153,6 +155,66 @@ class PeerTrainer:
         return self.model(torch.Tensor(fold_in.toarray()), calculate_loss=False)
 
 
+def _copy_encoder(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """Load the authors' encoder's weights into recvae's ``ResidualEncoder``."""
+    with torch.no_grad():
+        ours.input.weight.copy_(theirs.fc1.weight.t())  # recvae keeps one row per item
+        ours.input.bias.copy_(theirs.fc1.bias)
+        for k, fc in enumerate([theirs.fc2, theirs.fc3, theirs.fc4, theirs.fc5]):
+            ours.layers[k].weight.copy_(fc.weight)
+            ours.layers[k].bias.copy_(fc.bias)
+        for k, ln in enumerate([theirs.ln1, theirs.ln2, theirs.ln3, theirs.ln4, theirs.ln5]):
+            ours.norms[k].weight.copy_(ln.weight)
+            ours.norms[k].bias.copy_(ln.bias)
+        ours.head.weight.copy_(torch.cat([theirs.fc_mu.weight, theirs.fc_logvar.weight]))
+        ours.head.bias.copy_(torch.cat([theirs.fc_mu.bias, theirs.fc_logvar.bias]))
+
+
+def check_same_model(peer: ModuleType, n_items: int = 300) -> dict[str, float]:
+    """The authors' loss and gradients against recvae's with the same weights and the same ε.
+
+    Both models get the authors' initial weights (their old encoder too), a random batch of 64
+    users and, without dropout (so that the two draw the same noise), the same seeded ε. Returns
+    the relative differences of the loss and of the largest gradient entry per weight.
+    """
+    from recvae.models.autoencoders.nets import RecVAENet, RecVAEWithPrior, SparseRows
+    from recvae.models.autoencoders.training import RecVAEStep
+
+    torch.manual_seed(0)
+    theirs = peer.VAE(hidden_dim=600, latent_dim=200, input_dim=n_items)
+    ours = RecVAENet(n_items, 600, 5, 200, 0.0)
+    _copy_encoder(ours.encoder, theirs.encoder)
+    with torch.no_grad():
+        ours.decoder.weight.copy_(theirs.decoder.weight)
+        ours.decoder.bias.copy_(theirs.decoder.bias)
+    trainee = RecVAEWithPrior(ours)
+    _copy_encoder(trainee.prior.encoder, theirs.prior.encoder_old)
+    rows = sp.random(64, n_items, density=0.1, format="csr", random_state=1, dtype=np.float32)
+    rows.data[:] = 1.0
+    rows = rows[np.diff(rows.indptr) > 0]  # their L2 normalisation divides by zero otherwise
+    theirs.train()
+    torch.manual_seed(7)
+    _, their_loss = theirs(torch.Tensor(rows.toarray()), gamma=0.005, dropout_rate=0.0)
+    their_loss.backward()
+    x = SparseRows.from_csr(rows)
+    nll, kl = trainee.encoder_terms(x, torch.Generator().manual_seed(7))
+    loss = nll + (RecVAEStep(trainee, gamma=0.005).kl_weights(x) * kl).mean()
+    loss.backward()
+    pairs = {
+        "fc1": (ours.encoder.input.weight.grad.t(), theirs.encoder.fc1.weight.grad),
+        "fc5": (ours.encoder.layers[3].weight.grad, theirs.encoder.fc5.weight.grad),
+        "ln1": (ours.encoder.norms[0].weight.grad, theirs.encoder.ln1.weight.grad),
+        "fc_mu": (ours.encoder.head.weight.grad[:200], theirs.encoder.fc_mu.weight.grad),
+        "fc_logvar": (ours.encoder.head.weight.grad[200:], theirs.encoder.fc_logvar.weight.grad),
+        "decoder": (ours.decoder.weight.grad, theirs.decoder.weight.grad),
+    }
+    loss, their_loss = float(loss.detach()), float(their_loss.detach())
+    out = {"loss": abs(loss - their_loss) / abs(their_loss)}
+    for name, (a, b) in pairs.items():
+        out[f"grad_{name}"] = float((a - b).abs().max() / b.abs().max())
+    return out
+
+
 # --------------------------------------------------------------------------- the comparison
 
 
@@ -248,9 +310,16 @@ def main(argv: list[str] | None = None) -> None:
 
     peer = import_peer(args.peer_dir)
     commit = _peer_commit(args.peer_dir)
+    same = check_same_model(peer)
+    print(
+        "same weights and noise as the authors' model: relative differences "
+        + ", ".join(f"{k} {v:.1e}" for k, v in same.items()),
+        flush=True,
+    )
     results: dict[str, Any] = {
         "benchmark": "recvae_peer",
         "peer": {"repository": "ilya-shenbin/RecVAE", "dir": str(args.peer_dir), "commit": commit},
+        "same_model_check": same,
         "runs": [],
     }
     for spec in [d.strip() for d in args.datasets.split(",") if d.strip()]:

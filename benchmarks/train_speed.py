@@ -31,6 +31,7 @@ and items, plus 10,000 validation users) built directly as CSR, and ml-latest-sm
     python benchmarks/train_speed.py --scale 0.1 --epochs 2 --json speed.json
     python benchmarks/train_speed.py --data runs/data/ml-20m   # any `recvae ingest` directory
     python benchmarks/train_speed.py --compare-first-layer     # embedding_bag vs sparse.mm
+    python benchmarks/train_speed.py --recvae-cpu-breakdown --models '' --small ''   # busy machine
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ def gemm_rates(n_items: int, reps: int = 7) -> dict[str, float]:
     return rates
 
 
-def recvae_floor(n_users: int, n_items: int, reps: int = 7) -> dict[str, Any]:
+def recvae_floor(
+    n_users: int, n_items: int, reps: int = 7, clock: Any = time.perf_counter
+) -> dict[str, Any]:
     """RecVAE's GEMM floor for one epoch (see the module docstring): flops and best measured
-    rate per class of product, and their sum of seconds."""
+    rate per class of product (timed with ``clock``), and their sum of seconds."""
     h, layers, lat = RECVAE_SHAPE["hidden"], RECVAE_SHAPE["layers"], RECVAE_SHAPE["latent"]
     enc, dec = RECVAE_SHAPE["encoder_passes"], RECVAE_SHAPE["decoder_passes"]
     b = 500
@@ -152,11 +155,12 @@ def recvae_floor(n_users: int, n_items: int, reps: int = 7) -> dict[str, Any]:
         "decoder_forward": (lambda: torch.mm(z, w.t()), 2 * b * lat * n_items, enc + dec),
         "decoder_grad_input": (lambda: torch.mm(grad, w), 2 * b * lat * n_items, enc),
         "decoder_grad_weight": (lambda: torch.mm(grad.t(), z), 2 * b * lat * n_items, dec),
-        # hidden layers: forward, grad input, grad weight; the μ/log σ² layer likewise
-        "hidden_forward": (lambda: torch.mm(x, w_hh.t()), 2 * b * h * h * (layers - 1),
-                           enc * 2 + dec),  # encoder + old encoder per encoder pass
-        "hidden_grad_input": (lambda: torch.mm(x, w_hh), 2 * b * h * h * (layers - 1), enc),
-        "hidden_grad_weight": (lambda: torch.mm(x.t(), x), 2 * b * h * h * (layers - 1), enc),
+        # each hidden layer: forward (encoder + old encoder per encoder pass, encoder per
+        # decoder pass), grad input, grad weight; the μ/log σ² layer likewise
+        "hidden_forward": (lambda: torch.mm(x, w_hh.t()), 2 * b * h * h,
+                           (enc * 2 + dec) * (layers - 1)),
+        "hidden_grad_input": (lambda: torch.mm(x, w_hh), 2 * b * h * h, enc * (layers - 1)),
+        "hidden_grad_weight": (lambda: torch.mm(x.t(), x), 2 * b * h * h, enc * (layers - 1)),
         "head_forward": (lambda: torch.mm(x, w_head.t()), 2 * b * h * 2 * lat, enc * 2 + dec),
         "head_grad_input": (lambda: torch.mm(g_head, w_head), 2 * b * h * 2 * lat, enc),
         "head_grad_weight": (lambda: torch.mm(g_head.t(), x), 2 * b * h * 2 * lat, enc),
@@ -165,7 +169,7 @@ def recvae_floor(n_users: int, n_items: int, reps: int = 7) -> dict[str, Any]:
     out: dict[str, Any] = {"classes": {}, "seconds": 0.0, "flops": 0.0}
     for name, (fn, flops, calls) in products.items():
         fn()
-        best = min(_timed(fn) for _ in range(reps))
+        best = min(_timed(fn, clock) for _ in range(reps))
         total = flops * calls * batches
         out["classes"][name] = {"gflops_per_epoch": total / 1e9, "rate_gflops": flops / best / 1e9}
         out["seconds"] += total / (flops / best)
@@ -183,10 +187,72 @@ def _merge_floors(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"classes": classes, "seconds": seconds, "flops": a["flops"]}
 
 
-def _timed(fn: Any) -> float:
-    t = time.perf_counter()
+def _timed(fn: Any, clock: Any = time.perf_counter) -> float:
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
+
+
+def recvae_cpu_breakdown(n_items: int = ML20M_ITEMS, reps: int = 3) -> dict[str, Any]:
+    """RecVAE's steps on one thread, in thread CPU time, against its floor timed the same way.
+
+    Other processes on a shared machine stretch wall-clock epochs and spare the best-of-N GEMM
+    timings, which inflates epoch / floor; one thread's CPU time is far less sensitive to them.
+    Milliseconds per batch of 500 ML-20M-shaped users for the encoder step and the decoder step
+    (forward, backward and Adam, as ``RecVAEStep.run`` takes them), and per 500 users of an
+    epoch (3 encoder steps + 1 decoder step) against ``recvae_floor`` for 500 users.
+    """
+    from recvae.models.autoencoders import RecVAE
+    from recvae.models.autoencoders.nets import SparseRows
+    from recvae.models.autoencoders.training import frozen, reuse_freed_memory
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    users = 3000
+    rows = power_law_rows(users, n_items, int(users * ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS), rng)
+    model = RecVAE()
+    step = model._build_step(model._new_net(n_items), users)
+    net = step.net
+    batches = [
+        (SparseRows.from_csr(rows[i : i + 500]), torch.Generator().manual_seed(i))
+        for i in range(0, users, 500)
+    ]
+
+    def encoder_step(x: SparseRows, g: torch.Generator) -> None:
+        with frozen(net.net.decoder):
+            nll, kl = net.encoder_terms(x, g)
+            step.encoder_optimizer.zero_grad(set_to_none=True)
+            (nll + (step.kl_weights(x) * kl).mean()).backward()
+            step.encoder_optimizer.step()
+
+    def decoder_step(x: SparseRows, g: torch.Generator) -> None:
+        nll = net.decoder_nll(x, g)
+        step.decoder_optimizer.zero_grad(set_to_none=True)
+        nll.backward()
+        step.decoder_optimizer.step()
+
+    out: dict[str, Any] = {}
+    with reuse_freed_memory():
+        for name, fn in (("encoder_step_ms", encoder_step), ("decoder_step_ms", decoder_step)):
+            fn(*batches[0])
+            per_batch = []
+            for _ in range(reps):
+                t = time.thread_time()
+                for b in batches[1:]:
+                    fn(*b)
+                per_batch.append((time.thread_time() - t) / (len(batches) - 1))
+            out[name] = 1e3 * min(per_batch)
+        floor = recvae_floor(500, n_items, clock=time.thread_time)
+    torch.set_num_threads(before)
+    epoch_ms = 3 * out["encoder_step_ms"] + out["decoder_step_ms"]
+    out.update(
+        epoch_ms_per_500_users=epoch_ms,
+        floor_ms_per_500_users=1e3 * floor["seconds"],
+        ratio_to_floor=epoch_ms / (1e3 * floor["seconds"]),
+        floor=floor,
+    )
+    return out
 
 
 def peak_rss_gb() -> float:
@@ -346,6 +412,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--compare-first-layer", action="store_true")
+    p.add_argument(
+        "--recvae-cpu-breakdown", action="store_true",
+        help="RecVAE's steps vs its floor on one thread in CPU time (robust on a busy machine)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-data", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -358,6 +428,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     results: dict[str, Any] = {"benchmark": "train_speed", "runs": []}
+    if args.recvae_cpu_breakdown:
+        results["recvae_cpu_breakdown"] = b = recvae_cpu_breakdown()
+        print(
+            f"RecVAE, one thread, CPU ms per 500 users: encoder step {b['encoder_step_ms']:.0f}, "
+            f"decoder step {b['decoder_step_ms']:.0f}, epoch {b['epoch_ms_per_500_users']:.0f} "
+            f"= {b['ratio_to_floor']:.2f} × its floor ({b['floor_ms_per_500_users']:.0f})"
+        )
     if args.compare_first_layer:
         results["first_layer"] = compare_first_layer()
         print(
@@ -368,7 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     with tempfile.TemporaryDirectory(prefix="recvae-speed-") as tmp:
         datasets: list[tuple[str, Path]] = []
-        if args.data:
+        if not models:
+            pass
+        elif args.data:
             datasets.append((args.data.name, args.data))
         else:
             t = time.perf_counter()
@@ -376,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
             elapsed = time.perf_counter() - t
             print(f"synthetic ML-20M-shaped data (scale {args.scale}) built in {elapsed:.1f}s")
             datasets.append((f"ml20m-like x{args.scale:g}", Path(tmp) / "ml20m-like"))
-        if args.small and Path(args.small).is_file():
+        if models and args.small and Path(args.small).is_file():
             ml_latest_small(args.small).save(Path(tmp) / "ml-latest-small")
             datasets.append(("ml-latest-small", Path(tmp) / "ml-latest-small"))
         for label, path in datasets:
@@ -386,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"dataset": label, **in_subprocess(model, path, epochs, args)}
                 results["runs"].append(row)
                 print(table([row]).splitlines()[-1], flush=True)
+    if not results["runs"]:
+        write_json(str(args.json) if args.json else None, results)
+        return
     print()
     print(table(results["runs"]))
     print(
