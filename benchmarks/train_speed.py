@@ -1,20 +1,37 @@
-"""Seconds per training epoch of Mult-VAE and Mult-DAE against this machine's compute floor.
+"""Seconds per training epoch of Mult-VAE, Mult-DAE and RecVAE against this machine's compute
+floor.
 
-The floor (DESIGN.md §3) is the decoder's dense work: 6·n_train_users·hidden·n_items flops per
-epoch (one GEMM forward, two backward) divided by the float32 GEMM rate measured in the same
-run on decoder-shaped products (500×600 @ 600×n_items and the layouts the backward uses, best of
-several repetitions, before and after training). The ratio epoch_seconds / floor is printed for
-hidden = 600 (the issue's floor, the Mult-VAE decoder) and for the model's own decoder input
-(600 for Mult-VAE, 200 for Mult-DAE), with the peak resident memory of the training process.
+The floor (DESIGN.md §3) of Mult-VAE / Mult-DAE is the decoder's dense work:
+6·n_train_users·hidden·n_items flops per epoch (one GEMM forward, two backward) divided by the
+float32 GEMM rate measured in the same run on decoder-shaped products (500×600 @ 600×n_items and
+the layouts the backward uses, best of several repetitions, before and after training). The
+ratio epoch_seconds / floor is printed for hidden = 600 (the issue's floor, the Mult-VAE
+decoder) and for the model's own floor (600 for Mult-VAE, 200 for Mult-DAE, RecVAE's below),
+with the peak resident memory of the training process.
+
+RecVAE's own floor counts the GEMMs its epoch cannot avoid (U users, I items, latent L = 200,
+hidden H = 600, 5 encoder layers; 3 encoder passes then 1 decoder pass):
+- decoder, per encoder pass: forward + input gradient (the frozen decoder needs no weight
+  gradient), 2·2·U·L·I; per decoder pass: forward + weight gradient (the frozen encoder needs no
+  input gradient), 2·2·U·L·I;
+- the dense encoder layers (4 H×H layers and the H×2L μ/log σ² layer, f = 2·U·(4H² + 2HL) per
+  forward): forward + both backward products per encoder pass (3f), the old encoder's forward
+  for the composite prior per encoder pass (f), the forward that draws z per decoder pass (f).
+Each class of product is divided by the best rate measured for its own shape (batch 500) in the
+same process, before and after training (``recvae_floor``); the sparse input layer
+(2·nnz·H per product, under 1 % of the total) and memory-bound work (softmax, LayerNorm, Adam)
+are not in the floor.
 
 Each model trains in a fresh subprocess so its peak RSS is its own. Data: a synthetic
 ML-20M-shaped matrix (116,677 training users × 20,108 items, ~8M interactions, power-law users
 and items, plus 10,000 validation users) built directly as CSR, and ml-latest-small.
 
     python benchmarks/train_speed.py                       # 1 epoch at full scale + ml-latest-small
+    python benchmarks/train_speed.py --models recvae --json benchmarks/results/train_speed_recvae.json
     python benchmarks/train_speed.py --scale 0.1 --epochs 2 --json speed.json
     python benchmarks/train_speed.py --data runs/data/ml-20m   # any `recvae ingest` directory
     python benchmarks/train_speed.py --compare-first-layer     # embedding_bag vs sparse.mm
+    python benchmarks/train_speed.py --recvae-cpu-breakdown --models '' --small ''   # busy machine
 """
 
 from __future__ import annotations
@@ -43,6 +60,7 @@ ML20M_TRAIN_USERS, ML20M_ITEMS, ML20M_TRAIN_NNZ, ML20M_HELDOUT = 116_677, 20_108
 REPO = Path(__file__).resolve().parents[1]
 SMALL_ZIP = REPO / "data" / "ml-latest-small.zip"
 HIDDEN = {"mult-vae": 600, "mult-dae": 200}  # input size of each decoder's output layer
+RECVAE_SHAPE = {"hidden": 600, "layers": 5, "latent": 200, "encoder_passes": 3, "decoder_passes": 1}
 
 
 # --------------------------------------------------------------------------- data
@@ -117,10 +135,124 @@ def gemm_rates(n_items: int, reps: int = 7) -> dict[str, float]:
     return rates
 
 
-def _timed(fn: Any) -> float:
-    t = time.perf_counter()
+def recvae_floor(
+    n_users: int, n_items: int, reps: int = 7, clock: Any = time.perf_counter
+) -> dict[str, Any]:
+    """RecVAE's GEMM floor for one epoch (see the module docstring): flops and best measured
+    rate per class of product (timed with ``clock``), and their sum of seconds."""
+    h, layers, lat = RECVAE_SHAPE["hidden"], RECVAE_SHAPE["layers"], RECVAE_SHAPE["latent"]
+    enc, dec = RECVAE_SHAPE["encoder_passes"], RECVAE_SHAPE["decoder_passes"]
+    b = 500
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(b, lat, generator=g)
+    w = torch.randn(n_items, lat, generator=g)  # the decoder's layout: one row per item
+    grad = torch.randn(b, n_items, generator=g)
+    x = torch.randn(b, h, generator=g)
+    w_hh = torch.randn(h, h, generator=g)
+    w_head = torch.randn(2 * lat, h, generator=g)
+    g_head = torch.randn(b, 2 * lat, generator=g)
+    products = {  # name: (product, flops of one call, calls per epoch per 500 users)
+        "decoder_forward": (lambda: torch.mm(z, w.t()), 2 * b * lat * n_items, enc + dec),
+        "decoder_grad_input": (lambda: torch.mm(grad, w), 2 * b * lat * n_items, enc),
+        "decoder_grad_weight": (lambda: torch.mm(grad.t(), z), 2 * b * lat * n_items, dec),
+        # each hidden layer: forward (encoder + old encoder per encoder pass, encoder per
+        # decoder pass), grad input, grad weight; the μ/log σ² layer likewise
+        "hidden_forward": (lambda: torch.mm(x, w_hh.t()), 2 * b * h * h,
+                           (enc * 2 + dec) * (layers - 1)),
+        "hidden_grad_input": (lambda: torch.mm(x, w_hh), 2 * b * h * h, enc * (layers - 1)),
+        "hidden_grad_weight": (lambda: torch.mm(x.t(), x), 2 * b * h * h, enc * (layers - 1)),
+        "head_forward": (lambda: torch.mm(x, w_head.t()), 2 * b * h * 2 * lat, enc * 2 + dec),
+        "head_grad_input": (lambda: torch.mm(g_head, w_head), 2 * b * h * 2 * lat, enc),
+        "head_grad_weight": (lambda: torch.mm(g_head.t(), x), 2 * b * h * 2 * lat, enc),
+    }
+    batches = n_users / b
+    out: dict[str, Any] = {"classes": {}, "seconds": 0.0, "flops": 0.0}
+    for name, (fn, flops, calls) in products.items():
+        fn()
+        best = min(_timed(fn, clock) for _ in range(reps))
+        total = flops * calls * batches
+        out["classes"][name] = {"gflops_per_epoch": total / 1e9, "rate_gflops": flops / best / 1e9}
+        out["seconds"] += total / (flops / best)
+        out["flops"] += total
+    return out
+
+
+def _merge_floors(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Per class, the faster of two measurements of the same floor."""
+    classes = {
+        k: max(a["classes"][k], b["classes"][k], key=lambda c: c["rate_gflops"])
+        for k in a["classes"]
+    }
+    seconds = sum(c["gflops_per_epoch"] / c["rate_gflops"] for c in classes.values())
+    return {"classes": classes, "seconds": seconds, "flops": a["flops"]}
+
+
+def _timed(fn: Any, clock: Any = time.perf_counter) -> float:
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
+
+
+def recvae_cpu_breakdown(n_items: int = ML20M_ITEMS, reps: int = 3) -> dict[str, Any]:
+    """RecVAE's steps on one thread, in thread CPU time, against its floor timed the same way.
+
+    Other processes on a shared machine stretch wall-clock epochs and spare the best-of-N GEMM
+    timings, which inflates epoch / floor; one thread's CPU time is far less sensitive to them.
+    Milliseconds per batch of 500 ML-20M-shaped users for the encoder step and the decoder step
+    (forward, backward and Adam, as ``RecVAEStep.run`` takes them), and per 500 users of an
+    epoch (3 encoder steps + 1 decoder step) against ``recvae_floor`` for 500 users.
+    """
+    from recvae.models.autoencoders import RecVAE
+    from recvae.models.autoencoders.nets import SparseRows
+    from recvae.models.autoencoders.training import frozen, reuse_freed_memory
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    users = 3000
+    rows = power_law_rows(users, n_items, int(users * ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS), rng)
+    model = RecVAE()
+    step = model._build_step(model._new_net(n_items), users)
+    net = step.net
+    batches = [
+        (SparseRows.from_csr(rows[i : i + 500]), torch.Generator().manual_seed(i))
+        for i in range(0, users, 500)
+    ]
+
+    def encoder_step(x: SparseRows, g: torch.Generator) -> None:
+        with frozen(net.net.decoder):
+            nll, kl = net.encoder_terms(x, g)
+            step.encoder_optimizer.zero_grad(set_to_none=True)
+            (nll + (step.kl_weights(x) * kl).mean()).backward()
+            step.encoder_optimizer.step()
+
+    def decoder_step(x: SparseRows, g: torch.Generator) -> None:
+        nll = net.decoder_nll(x, g)
+        step.decoder_optimizer.zero_grad(set_to_none=True)
+        nll.backward()
+        step.decoder_optimizer.step()
+
+    out: dict[str, Any] = {}
+    with reuse_freed_memory():
+        for name, fn in (("encoder_step_ms", encoder_step), ("decoder_step_ms", decoder_step)):
+            fn(*batches[0])
+            per_batch = []
+            for _ in range(reps):
+                t = time.thread_time()
+                for b in batches[1:]:
+                    fn(*b)
+                per_batch.append((time.thread_time() - t) / (len(batches) - 1))
+            out[name] = 1e3 * min(per_batch)
+        floor = recvae_floor(500, n_items, clock=time.thread_time)
+    torch.set_num_threads(before)
+    epoch_ms = 3 * out["encoder_step_ms"] + out["decoder_step_ms"]
+    out.update(
+        epoch_ms_per_500_users=epoch_ms,
+        floor_ms_per_500_users=1e3 * floor["seconds"],
+        ratio_to_floor=epoch_ms / (1e3 * floor["seconds"]),
+        floor=floor,
+    )
+    return out
 
 
 def peak_rss_gb() -> float:
@@ -182,6 +314,7 @@ def run_model(
     n_users, n_items = ds.train.shape
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     before = gemm_rates(n_items)
+    own_before = recvae_floor(n_users, n_items) if model_name == "recvae" else None
     load_before = os.getloadavg()[0]
     reports: list[dict[str, float]] = []
     model = model_class(model_name)(epochs=epochs, device=device, threads=threads)
@@ -190,7 +323,13 @@ def run_model(
     rate = max(max(before.values()), max(after.values()))
     epoch_s = min(r["epoch_seconds"] for r in reports)
     flops_600 = 6.0 * n_users * 600 * n_items
-    flops_own = 6.0 * n_users * HIDDEN[model_name] * n_items
+    extra: dict[str, Any] = {}
+    if own_before is not None:
+        own = _merge_floors(own_before, recvae_floor(n_users, n_items))
+        floor_own = own["seconds"]
+        extra = {"recvae_floor": own, "recvae_shape": RECVAE_SHAPE}
+    else:
+        floor_own = 6.0 * n_users * HIDDEN[model_name] * n_items / (rate * 1e9)
     return {
         "model": model_name,
         "users": n_users,
@@ -206,12 +345,13 @@ def run_model(
         "gemm_gflops_after": after,
         "floor600_seconds": flops_600 / (rate * 1e9),
         "ratio_to_floor600": epoch_s / (flops_600 / (rate * 1e9)),
-        "floor_own_seconds": flops_own / (rate * 1e9),
-        "ratio_to_floor_own": epoch_s / (flops_own / (rate * 1e9)),
+        "floor_own_seconds": floor_own,
+        "ratio_to_floor_own": epoch_s / floor_own,
         "peak_rss_gb": peak_rss_gb(),
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
         "threads": torch.get_num_threads(),
         "device": str(next(model.net_.parameters()).device),
+        **extra,
     }
 
 
@@ -263,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--scale", type=float, default=1.0, help="fraction of ML-20M's users (1.0 = full)"
     )
-    p.add_argument("--models", default="mult-vae,mult-dae")
+    p.add_argument("--models", default="mult-vae,mult-dae,recvae")
     p.add_argument(
         "--data", type=Path, help="benchmark this dataset directory instead of synthetic"
     )
@@ -272,6 +412,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--compare-first-layer", action="store_true")
+    p.add_argument(
+        "--recvae-cpu-breakdown", action="store_true",
+        help="RecVAE's steps vs its floor on one thread in CPU time (robust on a busy machine)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-data", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -284,6 +428,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     results: dict[str, Any] = {"benchmark": "train_speed", "runs": []}
+    if args.recvae_cpu_breakdown:
+        results["recvae_cpu_breakdown"] = b = recvae_cpu_breakdown()
+        print(
+            f"RecVAE, one thread, CPU ms per 500 users: encoder step {b['encoder_step_ms']:.0f}, "
+            f"decoder step {b['decoder_step_ms']:.0f}, epoch {b['epoch_ms_per_500_users']:.0f} "
+            f"= {b['ratio_to_floor']:.2f} × its floor ({b['floor_ms_per_500_users']:.0f})"
+        )
     if args.compare_first_layer:
         results["first_layer"] = compare_first_layer()
         print(
@@ -294,7 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     with tempfile.TemporaryDirectory(prefix="recvae-speed-") as tmp:
         datasets: list[tuple[str, Path]] = []
-        if args.data:
+        if not models:
+            pass
+        elif args.data:
             datasets.append((args.data.name, args.data))
         else:
             t = time.perf_counter()
@@ -302,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
             elapsed = time.perf_counter() - t
             print(f"synthetic ML-20M-shaped data (scale {args.scale}) built in {elapsed:.1f}s")
             datasets.append((f"ml20m-like x{args.scale:g}", Path(tmp) / "ml20m-like"))
-        if args.small and Path(args.small).is_file():
+        if models and args.small and Path(args.small).is_file():
             ml_latest_small(args.small).save(Path(tmp) / "ml-latest-small")
             datasets.append(("ml-latest-small", Path(tmp) / "ml-latest-small"))
         for label, path in datasets:
@@ -312,11 +465,16 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"dataset": label, **in_subprocess(model, path, epochs, args)}
                 results["runs"].append(row)
                 print(table([row]).splitlines()[-1], flush=True)
+    if not results["runs"]:
+        write_json(str(args.json) if args.json else None, results)
+        return
     print()
     print(table(results["runs"]))
     print(
-        "floor = 6·users·hidden·items / GEMM rate (best decoder-shaped float32 GEMM measured "
-        "before/after training in the same process); epoch s excludes validation (val s)."
+        "floor600 = 6·users·600·items / GEMM rate (best decoder-shaped float32 GEMM measured "
+        "before/after training in the same process); floor own: Mult-DAE's hidden 200, RecVAE's "
+        "GEMMs per class at their own measured rates (module docstring); epoch s excludes "
+        "validation (val s)."
     )
     write_json(str(args.json) if args.json else None, results)
 

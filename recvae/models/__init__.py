@@ -15,6 +15,7 @@ from recvae.models.base import EpochReport, NotFittedError, Recommender
 _REGISTRY: dict[str, tuple[str, str]] = {
     "mult-vae": ("recvae.models.autoencoders.models", "MultVAE"),
     "mult-dae": ("recvae.models.autoencoders.models", "MultDAE"),
+    "recvae": ("recvae.models.autoencoders.models", "RecVAE"),
     "ease": ("recvae.models.ease", "EASE"),
     "als": ("recvae.models.implicit_models", "ALS"),
     "bpr": ("recvae.models.implicit_models", "BPR"),

@@ -110,6 +110,22 @@ def check_dims(model: Any, field: str, *, allow_empty: bool = True) -> tuple[int
     return tuple(int(d) for d in value)
 
 
+def check_weights(model: Any, field: str, length: int) -> tuple[float, ...]:
+    """``model.<field>`` as ``length`` mixture weights (numbers ≥ 0 summing to 1), or a one-line
+    error."""
+    value = getattr(model, field)
+    ok = (
+        isinstance(value, Sequence) and not isinstance(value, str | bytes)
+        and len(value) == length and all(is_real(w) and w >= 0 for w in value)
+        and math.isclose(sum(value), 1.0, rel_tol=0.0, abs_tol=1e-6)
+    )
+    if not ok:
+        raise RecvaeError(
+            f"{_name(model)}: {field} must be {length} numbers ≥ 0 that sum to 1, got {value!r}"
+        )
+    return tuple(float(w) for w in value)
+
+
 def check_device(model: Any, field: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     value = getattr(model, field)

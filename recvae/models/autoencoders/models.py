@@ -1,5 +1,5 @@
 """The autoencoders behind the Recommender interface: Mult-VAE^PR and Mult-DAE (Liang et al.
-2018).
+2018), RecVAE (Shenbin et al. 2020).
 
 Each wrapper holds hyper-parameters as given, builds its network (``nets.py``) and its
 training step (``training.py``), and hands both to the one training loop. Scoring runs the
@@ -32,10 +32,21 @@ from recvae.batching import row_batches
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.io import read_json
-from recvae.models.autoencoders.nets import ACTIVATIONS, DAE, VAE, SparseRows, init_weights
+from recvae.models.autoencoders.nets import (
+    ACTIVATIONS,
+    DAE,
+    PRIOR_WEIGHTS,
+    VAE,
+    RecVAENet,
+    RecVAEWithPrior,
+    SparseRows,
+    init_fan_in_uniform,
+    init_weights,
+)
 from recvae.models.autoencoders.training import (
     Checkpointing,
     ElboStep,
+    RecVAEStep,
     TrainConfig,
     TrainingStep,
     load_tensors,
@@ -50,6 +61,7 @@ from recvae.models.params import (
     check_dims,
     check_int,
     check_real,
+    check_weights,
     is_int,
 )
 
@@ -343,6 +355,81 @@ class MultDAE(_LiangAutoencoder):
 
     def _build_net(self, n_items: int) -> nn.Module:
         return DAE(n_items, self.hidden_dims, self.activation, self.dropout)
+
+
+@dataclass
+class RecVAE(Autoencoder):
+    """RecVAE (Shenbin, Alekseev, Tutubalina, Malykh & Nikolenko, WSDM 2020): defaults are the
+    paper's ML-20M settings, as the authors' ``run.py --n-epochs 50 --gamma 0.005``.
+
+    Encoder: the L2-normalised sparse input (``dropout`` while training the encoder), then
+    ``encoder_layers`` dense layers of ``hidden_dim`` units with swish, LayerNorm and dense
+    residual sums, then μ and log σ² of size ``latent_dim``. Decoder: one linear layer to the
+    items, multinomial likelihood. Prior: the mixture ``prior_weights`` of N(0, I), the previous
+    epoch's posterior and N(0, e¹⁰·I). KL weight per user β_u = ``gamma``·|x_u|; for a fixed β
+    set ``gamma=None`` and ``beta``. Each epoch trains the encoder for ``encoder_passes``
+    passes over the users, then the decoder for ``decoder_passes``. ``epochs`` = 50 is the
+    authors' ML-20M command (their README, and the WSDM notebook's ``range(50)``); ``lr`` and
+    ``batch_size`` are the paper's. Other fields as :class:`Autoencoder`.
+
+    Example::
+
+        model = RecVAE().fit(dataset, checkpoint_dir="runs/ckpt/recvae", resume=True)
+        fixed_beta = RecVAE(gamma=None, beta=0.2, epochs=100)
+    """
+
+    name: ClassVar[str] = "recvae"
+
+    lr: float = 5e-4
+    epochs: int = 50
+    hidden_dim: int = 600
+    encoder_layers: int = 5
+    latent_dim: int = 200
+    dropout: float = 0.5
+    gamma: float | None = 0.005
+    beta: float | None = None
+    encoder_passes: int = 3
+    decoder_passes: int = 1
+    prior_weights: tuple[float, ...] = PRIOR_WEIGHTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("hidden_dim", "encoder_layers", "latent_dim", "encoder_passes",
+                    "decoder_passes"):
+            check_int(self, key, minimum=1)
+        check_real(self, "dropout", low=0.0, high=1.0, high_open=True)
+        check_real(self, "gamma", low=0.0, optional=True)
+        check_real(self, "beta", low=0.0, optional=True)
+        if (self.gamma is None) == (self.beta is None):
+            raise RecvaeError(
+                f"{self.name}: set exactly one of gamma (β = gamma·|x_u| per user) and beta (a "
+                f"fixed β), got gamma={self.gamma!r}, beta={self.beta!r}; for a fixed β also "
+                "set gamma: null"
+            )
+        self.prior_weights = check_weights(self, "prior_weights", len(PRIOR_WEIGHTS))
+
+    def _build_net(self, n_items: int) -> nn.Module:
+        return RecVAENet(
+            n_items, self.hidden_dim, self.encoder_layers, self.latent_dim, self.dropout
+        )
+
+    def _new_net(self, n_items: int) -> nn.Module:
+        # The reference keeps PyTorch's default initialisation (U(±1/√fan_in), LayerNorm 1/0);
+        # Liang et al.'s Glorot + tiny biases would also zero the LayerNorm gains.
+        net = self._build_net(n_items)
+        init_fan_in_uniform(net, torch.Generator().manual_seed(self.seed))
+        return net
+
+    def _build_step(self, net: nn.Module, n_train_users: int) -> TrainingStep:
+        assert isinstance(net, RecVAENet)
+        return RecVAEStep(
+            RecVAEWithPrior(net, self.prior_weights),
+            lr=self.lr,
+            gamma=self.gamma,
+            beta=self.beta,
+            encoder_passes=self.encoder_passes,
+            decoder_passes=self.decoder_passes,
+        )
 
 
 # =========================================================================== helpers

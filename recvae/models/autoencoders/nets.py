@@ -1,7 +1,8 @@
 """The autoencoders' networks: Mult-VAE^PR and Mult-DAE of Liang, Krishnan, Hoffman & Jebara,
 "Variational Autoencoders for Collaborative Filtering", WWW 2018 (reference code:
-``VAE_ML20M_WWW2018.ipynb``), and the pieces every network of the family shares: a batch of
-sparse rows, the sparse input layer and the fused multinomial output layer.
+``VAE_ML20M_WWW2018.ipynb``), RecVAE of Shenbin et al., WSDM 2020 (reference code:
+``ilya-shenbin/RecVAE``, ``model.py``), and the pieces every network of the family shares: a
+batch of sparse rows, the sparse input layer and the fused multinomial output layer.
 
 A user's clicks x (a row over the item vocabulary) are L2-normalised, corrupted by dropout while
 training, and encoded; the decoder's softmax over all items is the multinomial π(z), and training
@@ -23,6 +24,8 @@ Example::
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -296,3 +299,181 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
             nn.init.xavier_uniform_(p, generator=generator)
         else:
             nn.init.trunc_normal_(p, std=0.001, a=-0.002, b=0.002, generator=generator)
+
+
+# =========================================================================== RecVAE
+
+LAYER_NORM_EPS = 0.1  # the reference's Encoder(eps=1e-1), far above LayerNorm's usual 1e-5
+WIDE_PRIOR_LOGVAR = 10.0  # the prior's wide component N(0, e¹⁰·I) (the reference's "uniform")
+PRIOR_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)  # N(0, I), the old posterior, the wide normal
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; μ, e^logvar), as the reference's ``log_norm_pdf``."""
+    return -0.5 * (logvar + _LOG_2PI + (z - mu).square() / logvar.exp())
+
+
+class ResidualEncoder(nn.Module):
+    """RecVAE's q(z|x): the sparse input layer, then dense layers with swish and LayerNorm, each
+    layer fed the sum of every earlier layer's output, then μ and log σ²:
+
+        h₁ = LN(swish(W₁x + b₁)),   h_{k+1} = LN(swish(W_{k+1}h_k + b_{k+1} + h₁ + … + h_k)).
+
+    With ``n_layers=5`` this is the reference's ``h3 = ln3(swish(fc3(h2) + h1 + h2))`` chain.
+    The reference has separate μ and log σ² layers; one layer with 2·latent outputs is the same
+    map in one GEMM. The input values are given (L2-normalised, maybe dropped out: ``corrupt``).
+    """
+
+    def __init__(self, n_items: int, hidden_dim: int, n_layers: int, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.input = SparseLinear(n_items, hidden_dim)
+        self.layers = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(n_layers - 1))
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(hidden_dim, eps=LAYER_NORM_EPS) for _ in range(n_layers)
+        )
+        self.head = nn.Linear(hidden_dim, 2 * latent_dim)
+
+    def forward(
+        self, x: SparseRows, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norms[0](F.silu(self.input(x, values)))  # silu is swish: x·sigmoid(x)
+        total = h  # h₁ + … + h_k
+        for layer, norm in zip(self.layers, self.norms[1:], strict=True):
+            h = norm(F.silu(layer(h) + total))
+            total = total + h
+        out = self.head(h)
+        return out[:, : self.latent_dim], out[:, self.latent_dim :]
+
+
+class RecVAENet(nn.Module):
+    """RecVAE as it scores: the residual encoder q(z|x) and a one-layer decoder
+    p(x|z) = Mult(n, softmax(Wz + b)). At evaluation z = μ and there is no dropout."""
+
+    def __init__(
+        self, n_items: int, hidden_dim: int, n_layers: int, latent_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.encoder = ResidualEncoder(n_items, hidden_dim, n_layers, latent_dim)
+        self.decoder = MultinomialOutput(latent_dim, n_items)
+
+    def encode(
+        self, x: SparseRows, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²) of q(z|x); input dropout drawn from ``generator`` (none without one)."""
+        return self.encoder(x, corrupt(x, self.dropout, generator))
+
+    def forward(self, x: SparseRows) -> torch.Tensor:
+        """Logits for evaluation: no dropout, z = μ."""
+        mu, _ = self.encode(x)
+        return self.decoder(mu)
+
+
+class CompositePrior(nn.Module):
+    """RecVAE's prior, per latent dimension:
+    p(z|x) = w₁·N(0, I) + w₂·q_old(z|x) + w₃·N(0, e¹⁰·I), with weights 3/20, 3/4, 1/10.
+
+    q_old is a frozen copy of the encoder, refreshed once per epoch after the encoder passes
+    (:meth:`refresh`): the KL toward it keeps each epoch's posterior near the last one, which
+    the paper credits for the stability of training without KL annealing; the wide normal
+    keeps the mixture from penalising codes far from both.
+    """
+
+    def __init__(self, encoder: ResidualEncoder, weights: Sequence[float] = PRIOR_WEIGHTS) -> None:
+        super().__init__()
+        # The reference's old encoder starts as an independently initialised encoder, an
+        # arbitrary distribution for epoch 1; a copy of the initial encoder is "the posterior
+        # before the first epoch", which is what the prior means.
+        self.encoder = copy.deepcopy(encoder).requires_grad_(False)
+        log_weights = torch.tensor([float(w) for w in weights]).log()
+        self.register_buffer("log_weights", log_weights, persistent=False)
+
+    @torch.no_grad()
+    def refresh(self, encoder: ResidualEncoder) -> None:
+        """Make the old posterior the current ``encoder``'s."""
+        for old, new in zip(self.encoder.parameters(), encoder.parameters(), strict=True):
+            old.copy_(new)
+
+    def log_prob(self, z: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        """log p(z|x) per user and latent dimension (B×L); the gradient reaches ``z`` only."""
+        with torch.no_grad():  # the old posterior sees the clean input: encoder_old(x, 0)
+            mu, logvar = self.encoder(x, corrupt(x, 0.0, None))
+        z2 = z.square()
+        components = torch.stack(
+            [
+                -0.5 * (_LOG_2PI + z2),
+                log_normal(z, mu, logvar),
+                -0.5 * (WIDE_PRIOR_LOGVAR + _LOG_2PI + z2 * math.exp(-WIDE_PRIOR_LOGVAR)),
+            ],
+            dim=-1,
+        )
+        return torch.logsumexp(components + self.log_weights, dim=-1)
+
+
+class RecVAEWithPrior(nn.Module):
+    """What RecVAE trains: the network (:attr:`net`) and its composite prior (:attr:`prior`).
+
+    The prior's old encoder is training state: checkpoints hold it through this module's
+    ``state_dict``, a saved model holds :attr:`net` alone. Calling the module scores with
+    :attr:`net` (validation during training).
+    """
+
+    def __init__(self, net: RecVAENet, prior_weights: Sequence[float] = PRIOR_WEIGHTS) -> None:
+        super().__init__()
+        self.net = net
+        self.prior = CompositePrior(net.encoder, prior_weights)
+
+    def forward(self, x: SparseRows) -> torch.Tensor:
+        return self.net(x)
+
+    def encoder_terms(
+        self, x: SparseRows, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−log p(x|z) as a batch mean, the KL per user) at one z ~ q(z|x̃), x̃ dropped out.
+
+        The KL is the reference's Monte-Carlo estimate Σ_d [log q(z_d|x) − log p(z_d|x)] at the
+        sampled z (the mixture prior has no closed form). Draws the dropout mask, then ε, from
+        ``generator``.
+        """
+        mu, logvar = self.net.encode(x, generator)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        # At z = μ + σ·ε, (z − μ)²/σ² is ε²: the same value and gradient as the reference's
+        # log_norm_pdf(z, μ, log σ²), whose terms through z and through μ, σ cancel exactly.
+        log_q = -0.5 * (logvar + _LOG_2PI + eps.square())
+        kl = (log_q - self.prior.log_prob(z, x)).sum(dim=1)
+        return self.net.decoder.nll(z, x), kl
+
+    def decoder_nll(self, x: SparseRows, generator: torch.Generator) -> torch.Tensor:
+        """−log p(x|z) as a batch mean at one z ~ q(z|x), without dropout (the decoder passes).
+
+        The encoder is frozen in these passes, so it runs without a graph, and the KL term is
+        not computed at all: it does not depend on the decoder, so it has no gradient to give
+        it (the reference computes it, and the old encoder's forward, and discards both).
+        Draws ε from ``generator``.
+        """
+        with torch.no_grad():
+            mu, logvar = self.net.encode(x)
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        return self.net.decoder.nll(z, x)
+
+
+def init_fan_in_uniform(net: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation, which the RecVAE reference keeps: each linear layer's
+    weight and bias U(±1/√fan_in) (``nn.Linear.reset_parameters``), LayerNorm gain 1, shift 0."""
+    for module in net.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+            continue
+        if isinstance(module, SparseLinear):  # one row per input: fan_in is the item count
+            fan_in = module.weight.shape[0]
+        elif isinstance(module, nn.Linear | MultinomialOutput):
+            fan_in = module.weight.shape[1]
+        else:
+            continue
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(module.weight, -bound, bound, generator=generator)
+        nn.init.uniform_(module.bias, -bound, bound, generator=generator)

@@ -5,7 +5,7 @@ randomness derived from ``(seed, epoch)``, validation NDCG@100 after each epoch,
 epoch's weights, early stopping, an atomic checkpoint per epoch and exact resume, divergence
 checks and the per-epoch callbacks. What happens inside an epoch belongs to a *step* object
 (:class:`TrainingStep`): :class:`ElboStep` takes one Adam step per batch on ``nll + β·KL``
-(Mult-VAE, Mult-DAE); RecVAE's alternating encoder and decoder passes are another step.
+(Mult-VAE, Mult-DAE); :class:`RecVAEStep` alternates encoder and decoder passes (RecVAE).
 
 Everything the loop must carry across a restart is one :class:`TrainState`, saved whole in
 the checkpoint with the network and the step's optimizers. Because every epoch's randomness
@@ -43,7 +43,7 @@ from recvae.data.dataset import Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file, binary_sink
-from recvae.models.autoencoders.nets import SparseRows
+from recvae.models.autoencoders.nets import RecVAEWithPrior, SparseRows
 from recvae.models.base import Callback, EpochReport
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -238,6 +238,101 @@ class ElboStep:
                 float(w.detach().square().sum()) for w in self.weights
             )
         return metrics
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Run the block with ``module``'s parameters out of autograd: no gradient is computed for
+    them (``_MultinomialNLL`` then skips its weight-gradient GEMM), none can reach them."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class RecVAEStep:
+    """RecVAE's epoch (Shenbin et al. 2020, reference ``run.py``): ``encoder_passes`` passes
+    over the users training the encoder (decoder frozen, input dropout), then the composite
+    prior's old posterior is refreshed to the new encoder, then ``decoder_passes`` passes
+    training the decoder (encoder frozen, no dropout). One Adam per half, as the reference.
+
+    The encoder minimises ``nll + mean_u(β_u·KL_u)`` with β_u = ``gamma``·|x_u| (the user's
+    number of interactions) or, with ``gamma=None``, a fixed ``beta``; the decoder minimises the
+    nll alone (the KL has no gradient for it). Each pass is its own seeded :meth:`Epoch.passes`
+    part (encoder passes 0…, then the decoder passes), so a resumed run stays exact.
+    Metrics: ``train/loss``, ``train/nll``, ``train/kl`` and ``train/beta`` are means over the
+    users of the encoder passes (β and KL are per user, so loss ≠ nll + beta·kl in general);
+    ``train/decoder_loss`` is the decoder passes' mean nll.
+    """
+
+    def __init__(
+        self, net: RecVAEWithPrior, *, lr: float = 5e-4, gamma: float | None = 0.005,
+        beta: float | None = None, encoder_passes: int = 3, decoder_passes: int = 1,
+    ) -> None:
+        if (gamma is None) == (beta is None):
+            raise RecvaeError("recvae: give exactly one of gamma and beta")
+        self.net = net
+        self.gamma, self.beta = gamma, beta
+        self.encoder_passes, self.decoder_passes = encoder_passes, decoder_passes
+        impl = adam_impl(next(net.parameters()).device)
+        self.encoder_optimizer = torch.optim.Adam(net.net.encoder.parameters(), lr=lr, **impl)
+        self.decoder_optimizer = torch.optim.Adam(net.net.decoder.parameters(), lr=lr, **impl)
+
+    def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        return {"encoder": self.encoder_optimizer, "decoder": self.decoder_optimizer}
+
+    def kl_weights(self, x: SparseRows) -> torch.Tensor:
+        """β_u per user of the batch: γ·|x_u|, or the fixed β."""
+        if self.gamma is not None:
+            return self.gamma * x.counts
+        return torch.full_like(x.counts, float(self.beta))
+
+    def run(self, epoch: Epoch, state: TrainState) -> dict[str, float]:
+        net = self.net
+        net.train()
+        # Σ over users of the encoder passes: nll, KL, β·KL, β; then of the decoder passes: nll.
+        enc = torch.zeros(4, dtype=torch.float64, device=epoch.device)
+        dec = torch.zeros((), dtype=torch.float64, device=epoch.device)
+        n_enc = n_dec = 0
+        with frozen(net.net.decoder):  # no decoder weight gradient: half its backward GEMMs
+            for part in range(self.encoder_passes):
+                for x, generator in epoch.passes(part):
+                    nll, kl = net.encoder_terms(x, generator)
+                    beta = self.kl_weights(x)
+                    beta_kl = beta * kl
+                    loss = nll + beta_kl.mean()
+                    self.encoder_optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.encoder_optimizer.step()
+                    state.steps += 1
+                    n_enc += x.n_rows
+                    terms = torch.stack(
+                        [nll.detach() * x.n_rows, kl.detach().sum(), beta_kl.detach().sum(),
+                         beta.sum()]
+                    )
+                    enc += terms.double()  # on the device: no host sync per batch on GPUs
+        net.prior.refresh(net.net.encoder)  # after the encoder passes, as the reference
+        for part in range(self.encoder_passes, self.encoder_passes + self.decoder_passes):
+            for x, generator in epoch.passes(part):
+                nll = net.decoder_nll(x, generator)  # the encoder runs without a graph
+                self.decoder_optimizer.zero_grad(set_to_none=True)
+                nll.backward()
+                self.decoder_optimizer.step()
+                state.steps += 1
+                n_dec += x.n_rows
+                dec += nll.detach().double() * x.n_rows
+        nll_mean, kl_mean, beta_kl_mean, beta_mean = (enc / max(n_enc, 1)).tolist()
+        return {
+            "train/loss": nll_mean + beta_kl_mean,
+            "train/nll": nll_mean,
+            "train/kl": kl_mean,
+            "train/beta": beta_mean,
+            "train/decoder_loss": float(dec) / max(n_dec, 1),
+        }
 
 
 # --------------------------------------------------------------------------- the loop
