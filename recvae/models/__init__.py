@@ -14,6 +14,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "mult-vae": ("recvae.models.autoencoders.models", "MultVAE"),
     "mult-dae": ("recvae.models.autoencoders.models", "MultDAE"),
     "ease": ("recvae.models.ease", "EASE"),
+    "edlae": ("recvae.models.ease", "EDLAE"),
     "als": ("recvae.models.implicit_models", "ALS"),
     "bpr": ("recvae.models.implicit_models", "BPR"),
     "item-knn": ("recvae.models.implicit_models", "ItemKNN"),
