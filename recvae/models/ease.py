@@ -12,8 +12,8 @@ float64 (ML-20M, 20,108 items: 3.2 GB; Gowalla, 40,981 items: 13.4 GB), half tha
 The fit holds exactly one such matrix: the Gram matrix is written block by block into it,
 Cholesky-inverted in place by LAPACK (``potrf``/``potri`` through torch), turned into B in
 place, and (float64) compacted in place into the float32 B kept for scoring. Peak ≈
-n_items² × 8 bytes (float64) or × 4 bytes (float32), plus block-sized temporaries and two
-copies of the sparse X (:func:`fit_memory_bytes` counts them). A fit that cannot fit in the
+n_items² × 8 bytes (float64) or × 4 bytes (float32), plus block-sized temporaries and copies
+of the sparse X (:func:`fit_memory_bytes` counts them). A fit that cannot fit in the
 memory available is refused before anything is allocated.
 """
 
@@ -167,6 +167,19 @@ def ease_weights(
     return a.view(np.float32)[: n * n].reshape(n, n)
 
 
+def check_fit_memory(model: str, x: sp.csr_matrix, dtype: np.dtype) -> None:
+    """Refuse (one-line RecvaeError) a fit of ``x`` that would not fit in the memory available."""
+    n = x.shape[1]
+    need = fit_memory_bytes(x, dtype)
+    hint = (
+        "use an autoencoder instead (model: mult-vae, which holds n_items × 600 weights; "
+        "softmax: sampled for very large catalogues)"
+    )
+    if np.dtype(dtype) == np.float64:
+        hint = f"set dtype: float32 (≈ {memory.format_bytes(fit_memory_bytes(x, np.float32))}) or {hint}"
+    memory.check_fits(model, need, f"a dense {n:,} × {n:,} {np.dtype(dtype).name} matrix", hint)
+
+
 def fit_memory_bytes(x: sp.csr_matrix, dtype: np.dtype) -> int:
     """Peak bytes :func:`ease_weights` allocates for ``x`` in ``dtype`` (on top of ``x`` itself).
 
@@ -231,19 +244,6 @@ def _row_entry_bound(x: sp.csr_matrix) -> np.ndarray:
 def _blocks(n: int) -> list[tuple[int, int]]:
     """Consecutive (lo, hi) ranges of at most BLOCK rows covering range(n)."""
     return [(lo, min(lo + BLOCK, n)) for lo in range(0, n, BLOCK)]
-
-
-def check_fit_memory(model: str, x: sp.csr_matrix, dtype: np.dtype) -> None:
-    """Refuse (one-line RecvaeError) a fit of ``x`` that would not fit in the memory available."""
-    n = x.shape[1]
-    need = fit_memory_bytes(x, dtype)
-    hint = (
-        "use an autoencoder instead (model: mult-vae, which holds n_items × 600 weights; "
-        "softmax: sampled for very large catalogues)"
-    )
-    if np.dtype(dtype) == np.float64:
-        hint = f"set dtype: float32 (≈ {memory.format_bytes(fit_memory_bytes(x, np.float32))}) or {hint}"
-    memory.check_fits(model, need, f"a dense {n:,} × {n:,} {np.dtype(dtype).name} matrix", hint)
 
 
 def gram(x: sp.csr_matrix, dtype: np.dtype) -> np.ndarray:
