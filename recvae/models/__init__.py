@@ -17,6 +17,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "mult-dae": ("recvae.models.autoencoders.models", "MultDAE"),
     "recvae": ("recvae.models.autoencoders.models", "RecVAE"),
     "ease": ("recvae.models.ease", "EASE"),
+    "edlae": ("recvae.models.ease", "EDLAE"),
     "als": ("recvae.models.implicit_models", "ALS"),
     "bpr": ("recvae.models.implicit_models", "BPR"),
     "item-knn": ("recvae.models.implicit_models", "ItemKNN"),
