@@ -1,0 +1,164 @@
+"""The compact pipeline (read → Interactions → preprocess in place → split) builds, bit for bit,
+the datasets of the DataFrame pipeline it replaced (tests/data/legacy_pipeline.py), for every
+split and preprocessing option, on logs with duplicates, tied timestamps, text ids and parts.
+
+Chunks and user blocks are shrunk to a few rows so every pass crosses many chunk and block
+boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from conftest import make_ratings
+
+import legacy_pipeline as legacy
+from recvae.data import interactions as interactions_module
+from recvae.data.dataset import Dataset
+from recvae.data.interactions import Interactions
+from recvae.data.preprocess import preprocess_interactions
+from recvae.data.spec import SplitConfig
+from recvae.data.split import _csr, apply_split, uses_timestamps
+
+
+@pytest.fixture(autouse=True)
+def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(interactions_module, "CHUNK", 97)
+    monkeypatch.setattr(interactions_module, "BLOCK_ROWS", 300)
+
+
+def messy_log(seed: int, *, text_ids: bool = False, parts: bool = False) -> pd.DataFrame:
+    """Synthetic ratings plus repeated (user, item) pairs, some with tied timestamps."""
+    rng = np.random.default_rng(seed)
+    df = make_ratings(400, 300, seed=seed, max_items=60, mean_items=14)
+    again = df.sample(frac=0.08, random_state=seed)
+    again = again.assign(
+        value=rng.choice(np.arange(1, 11) / 2, size=len(again)),
+        timestamp=np.where(rng.random(len(again)) < 0.3, again["timestamp"],
+                           rng.integers(1_000_000_000, 1_100_000_000, size=len(again))),
+    )
+    df = pd.concat([df, again]).sample(frac=1.0, random_state=seed + 1).reset_index(drop=True)
+    df["timestamp"] = df["timestamp"] // 1000 * 1000  # more ties
+    if text_ids:
+        df["user"] = ("u" + df["user"].astype(str)).astype(object)
+        df["item"] = df["item"].map(lambda i: f"é{i:05d}").astype(object)
+    if parts:
+        df["part"] = np.where(rng.random(len(df)) < 0.25, "test", "train")
+    return df
+
+
+def compact_pipeline(df: pd.DataFrame, threshold, pp: dict, split: SplitConfig) -> Dataset:
+    log = Interactions.from_frame(df, threshold=threshold)
+    preprocess_interactions(log, threshold=threshold, **pp)
+    if not uses_timestamps(split):
+        log.drop_timestamps()
+    return apply_split(log, split)
+
+
+def legacy_split(df: pd.DataFrame, s: SplitConfig) -> Dataset:
+    if s.method == "strong":
+        return legacy.strong_generalization(df, s.n_heldout_users, test_prop=s.test_prop, seed=s.seed)
+    if s.method == "random":
+        return legacy.random_holdout(df, test_prop=s.test_prop, validation_prop=s.validation_prop,
+                                     seed=s.seed)
+    if s.method == "temporal":
+        return legacy.temporal(df, leave_last=s.leave_last, cutoff=s.cutoff,
+                               validation_prop=s.validation_prop, seed=s.seed)
+    return legacy.predefined(df, validation_prop=s.validation_prop, seed=s.seed)
+
+
+def assert_same_matrix(a: sp.csr_matrix, b: sp.csr_matrix, what: str) -> None:
+    assert a.shape == b.shape, what
+    for name in ("indptr", "indices", "data"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype, (what, name)
+        np.testing.assert_array_equal(x, y, err_msg=f"{what}.{name}")
+
+
+def assert_same_dataset(new: Dataset, old: Dataset) -> None:
+    assert_same_matrix(new.train, old.train, "train")
+    np.testing.assert_array_equal(new.train_users, old.train_users)
+    for name in ("validation", "test"):
+        a, b = new.part(name), old.part(name)
+        assert_same_matrix(a.fold_in, b.fold_in, f"{name}.fold_in")
+        assert_same_matrix(a.holdout, b.holdout, f"{name}.holdout")
+        np.testing.assert_array_equal(a.users, b.users)
+    for ids in ("user_ids", "item_ids"):
+        x, y = getattr(new, ids), getattr(old, ids)
+        assert x.dtype == y.dtype, ids
+        np.testing.assert_array_equal(x, y)
+    assert new.manifest == old.manifest
+
+
+SPLITS = [
+    SplitConfig(method="strong", n_heldout_users=40),
+    SplitConfig(method="strong", n_heldout_users=25, test_prop=0.3, seed=7),
+    SplitConfig(method="random"),
+    SplitConfig(method="random", test_prop=0.3, validation_prop=0.2, seed=3),
+    SplitConfig(method="temporal", leave_last=1),
+    SplitConfig(method="temporal", leave_last=3),
+    SplitConfig(method="temporal", leave_last=None, cutoff=1.06e9),
+]
+PREPROCESS = [
+    (3.5, {"min_item_users": 0, "min_user_items": 5}),
+    (None, {"min_item_users": 3, "min_user_items": 5}),
+    (2.0, {"min_item_users": 4, "min_user_items": 3, "iterate": True}),
+    (3.5, {"min_item_users": 0, "min_user_items": 0}),
+]
+
+
+@pytest.mark.parametrize("split", SPLITS, ids=lambda s: f"{s.method}-{s.leave_last}-{s.seed}")
+@pytest.mark.parametrize("prep", PREPROCESS, ids=["paper", "min-sc", "k-core", "no-filter"])
+def test_same_dataset_as_the_dataframe_pipeline(split: SplitConfig, prep: tuple) -> None:
+    threshold, pp = prep
+    df = messy_log(len(SPLITS))
+    old = legacy_split(legacy.preprocess(df, threshold=threshold, **pp), split)
+    assert_same_dataset(compact_pipeline(df, threshold, pp, split), old)
+
+
+@pytest.mark.parametrize("split", SPLITS, ids=lambda s: f"{s.method}-{s.leave_last}-{s.seed}")
+def test_same_dataset_with_text_ids(split: SplitConfig) -> None:
+    threshold, pp = PREPROCESS[0]
+    df = messy_log(3, text_ids=True)
+    old = legacy_split(legacy.preprocess(df, threshold=threshold, **pp), split)
+    new = compact_pipeline(df, threshold, pp, split)
+    assert new.user_ids.dtype == object
+    assert_same_dataset(new, old)
+
+
+@pytest.mark.parametrize(
+    "split",
+    [SplitConfig(method="predefined"), SplitConfig(method="predefined", validation_prop=0.3, seed=5),
+     SplitConfig(method="strong", n_heldout_users=30)],
+    ids=["predefined", "predefined-seed", "strong"],
+)
+def test_same_dataset_with_parts(split: SplitConfig) -> None:
+    # The same pair in both parts survives deduplication twice; matrices merge it.
+    df = messy_log(11, parts=True)
+    df = df.drop(columns="timestamp")
+    pp = {"min_item_users": 0, "min_user_items": 5}
+    old = legacy_split(legacy.preprocess(df, threshold=None, **pp), split)
+    assert_same_dataset(compact_pipeline(df, None, pp, split), old)
+
+
+def test_dataframe_functions_keep_the_same_rows() -> None:
+    df = messy_log(12)
+    from recvae.data import preprocess as new
+
+    pd.testing.assert_frame_equal(new.drop_duplicates(df), legacy.drop_duplicates(df))
+    pd.testing.assert_frame_equal(new.drop_duplicates(df.drop(columns="timestamp")),
+                                  legacy.drop_duplicates(df.drop(columns="timestamp")))
+    once = legacy.drop_duplicates(df)
+    for kwargs in ({"min_item_users": 3}, {"min_user_items": 4, "iterate": True}):
+        pd.testing.assert_frame_equal(new.filter_min_counts(once, **kwargs),
+                                      legacy.filter_min_counts(once, **kwargs))
+    pd.testing.assert_frame_equal(new.preprocess(df, threshold=2.5), legacy.preprocess(df, threshold=2.5))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 1000])
+def test_csr_from_pairs_equals_scipy(n: int) -> None:
+    rng = np.random.default_rng(n)
+    rows, cols = rng.integers(0, 30, n), rng.integers(0, 20, n)
+    assert_same_matrix(_csr(rows, cols, (30, 20)), legacy._csr(rows, cols, (30, 20)), "csr")
