@@ -308,7 +308,7 @@ class _Growing:
     of batches would cost up to 2N.
     """
 
-    BLOCK = 1 << 23  # elements: 64 MB of int64, above glibc's mmap threshold, so freed at once
+    BLOCK = 1 << 22  # elements: 32 MB of int64, glibc's largest mmap threshold, so freed at once
 
     def __init__(self, dtype: type) -> None:
         self.dtype = dtype

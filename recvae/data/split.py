@@ -91,15 +91,18 @@ def _matrix(
         cols = col_of_item[p & _LOW]
         return p[cols >= 0] >> 32, cols[cols >= 0]
 
-    n = sum(len(taken(lo, hi)[1]) for lo, hi in chunks(len(data)))
-    keys = data.pairs[:n] if spend else np.empty(n, dtype=np.int64)
-    w = 0
+    if spend:
+        keys = data.pairs
+    else:
+        keys = np.empty(sum(len(taken(lo, hi)[1]) for lo, hi in chunks(len(data))), dtype=np.int64)
+    n = 0
     for lo, hi in chunks(len(data)):
         users, cols = taken(lo, hi)
-        keys[w : w + len(cols)] = (row_of_user[users] << 32) | cols
-        w += len(cols)
+        keys[n : n + len(cols)] = (row_of_user[users] << 32) | cols
+        n += len(cols)
     if spend:
         data.take_pairs()
+        keys = keys[:n]
     indptr, indices = _entries(keys, shape)
     del keys  # the last reference to the log's buffer, when spent
     return _binary_csr(indptr, indices, shape), n

@@ -123,9 +123,10 @@ def scan_table(
                 None if value_col is None else cols[value_col],
                 timestamp=None if timestamp_col is None else cols[timestamp_col],
             )
-    interactions = builder.finish()
-    # Arrow's allocator keeps the pages of the last record batches for reuse; hand them back.
+    # Arrow's allocator keeps the pages of the last record batches for reuse; hand them back
+    # before the log's blocks are joined into one array.
     pa.default_memory_pool().release_unused()
+    interactions = builder.finish()
     if interactions.rows_read == 0:
         what = "empty file" if root.is_file() else f"the {len(parts)} part file(s) are empty"
         raise RecvaeError(f"{root}: {what} (no interactions)")
@@ -276,8 +277,11 @@ def _parquet_batches(
                 f"every part must give a column the same type"
             )
     offset = 0
+    # One batch read ahead, and no pre-buffering: Arrow would otherwise fetch many row groups
+    # ahead (hundreds of MB for a file of 50 row groups), which pays off on object stores only.
     scanned = dataset.to_batches(
-        columns=in_file, batch_size=BATCH_ROWS, batch_readahead=1, fragment_readahead=1
+        columns=in_file, batch_size=BATCH_ROWS, batch_readahead=1, fragment_readahead=1,
+        fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
     )
     while True:
         try:
