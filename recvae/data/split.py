@@ -40,14 +40,18 @@ Select = Callable[[int, int], np.ndarray]  # rows lo:hi -> which of them to take
 def _csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """Binary CSR with a 1 at each (row, col) pair."""
     keys = (np.asarray(rows, dtype=np.int64) << 32) | np.asarray(cols, dtype=np.int64)
-    return _binary_csr(*_entries(keys, shape), shape)
+    return _keys_to_csr(keys, shape)
 
 
-def _entries(keys: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr, indices) of the binary CSR holding the ``row << 32 | col`` keys.
+def _keys_to_csr(keys: np.ndarray, shape: tuple[int, int], *, reuse: bool = False) -> sp.csr_matrix:
+    """The binary CSR of ``row << 32 | col`` keys, as ``sp.csr_matrix((ones, (rows, cols)))`` and
+    ``sum_duplicates`` build it (float32 ones, sorted indices, no duplicates, the same index
+    dtypes). Sorts ``keys`` in place: sorted keys are the matrix's entries in order.
 
-    Sorts ``keys`` in place: sorted keys are the CSR's entries in order, so the only new arrays
-    are the matrix's own (scipy's COO conversion would also hold rows, columns and values).
+    With ``reuse`` the matrix is written over the keys' own buffer, column indices (int32) in its
+    first half and the ones (float32) in its second half, so the largest matrix of a split costs
+    no memory beyond the log it was cut from. (Not when that buffer is much longer than the keys:
+    the matrix would keep it all alive.)
     """
     keys.sort()
     if len(keys) > 1 and any((keys[max(lo, 1) : hi] == keys[max(lo, 1) - 1 : hi - 1]).any()
@@ -56,19 +60,24 @@ def _entries(keys: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.n
         first = np.ones(len(keys), dtype=bool)
         first[1:] = keys[1:] != keys[:-1]
         keys = compact(keys, first)
-    n_rows, n_cols = shape
-    index = np.int32 if max(len(keys), n_rows, n_cols) < 2**31 else np.int64
+    n, (n_rows, n_cols) = len(keys), shape
+    index = np.int32 if max(n, n_rows, n_cols) < 2**31 else np.int64
     indptr = np.searchsorted(keys, np.arange(n_rows + 1, dtype=np.int64) << 32).astype(index)
-    indices = np.empty(len(keys), dtype=index)
-    for lo, hi in chunks(len(keys)):
-        indices[lo:hi] = keys[lo:hi] & _LOW
-    return indptr, indices
-
-
-def _binary_csr(indptr: np.ndarray, indices: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """The CSR with these entries, all 1.0 (float32), as ``sp.csr_matrix((ones, (r, c)))`` then
-    ``sum_duplicates`` would build it: sorted indices, the same index dtypes."""
-    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
+    owner = keys
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    if reuse and index is np.int32 and owner.nbytes <= 1.25 * keys.nbytes:
+        indices = keys.view(np.int32)[:n]
+        for lo, hi in chunks(n):  # chunk [lo, hi) lands on keys [lo/2, hi/2), already read
+            indices[lo:hi] = keys[lo:hi] & _LOW
+        values = keys.view(np.float32)[n:]  # keys [n/2, n), all read by now
+        values[:] = 1.0
+    else:
+        indices = np.empty(n, dtype=index)
+        for lo, hi in chunks(n):
+            indices[lo:hi] = keys[lo:hi] & _LOW
+        values = np.ones(n, dtype=np.float32)
+    return sp.csr_matrix((values, indices, indptr), shape=shape)
 
 
 def _matrix(
@@ -83,8 +92,7 @@ def _matrix(
     """CSR of the selected rows whose item has a column (``col_of_item`` ≥ 0), and their count.
 
     With ``spend`` the keys are written over the log's own buffer (each chunk lands at or before
-    where it was read), which is released before the matrix's values are allocated: the largest
-    matrix then costs no memory beyond the log's.
+    where it was read) and the matrix over the keys (:func:`_keys_to_csr`); the log is spent.
     """
     def taken(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         p = data.pairs[lo:hi][select(lo, hi)]
@@ -102,10 +110,7 @@ def _matrix(
         n += len(cols)
     if spend:
         data.take_pairs()
-        keys = keys[:n]
-    indptr, indices = _entries(keys, shape)
-    del keys  # the last reference to the log's buffer, when spent
-    return _binary_csr(indptr, indices, shape), n
+    return _keys_to_csr(keys[:n], shape, reuse=spend), n
 
 
 def _first_appearance(data: Interactions, select: Select) -> np.ndarray:

@@ -20,7 +20,7 @@ from recvae.data.dataset import Dataset
 from recvae.data.interactions import Interactions
 from recvae.data.preprocess import preprocess_interactions
 from recvae.data.spec import SplitConfig
-from recvae.data.split import _csr, apply_split, uses_timestamps
+from recvae.data.split import _csr, _keys_to_csr, apply_split, uses_timestamps
 
 
 @pytest.fixture(autouse=True)
@@ -161,4 +161,16 @@ def test_dataframe_functions_keep_the_same_rows() -> None:
 def test_csr_from_pairs_equals_scipy(n: int) -> None:
     rng = np.random.default_rng(n)
     rows, cols = rng.integers(0, 30, n), rng.integers(0, 20, n)
-    assert_same_matrix(_csr(rows, cols, (30, 20)), legacy._csr(rows, cols, (30, 20)), "csr")
+    expected = legacy._csr(rows, cols, (30, 20))
+    assert_same_matrix(_csr(rows, cols, (30, 20)), expected, "csr")
+    keys = (rows << 32) | cols
+    distinct = rng.permutation(np.unique(keys))
+    assert_same_matrix(_keys_to_csr(keys, (30, 20), reuse=True), expected, "reused")
+    reused = _keys_to_csr(distinct, (30, 20), reuse=True)  # written over the keys' buffer
+    assert_same_matrix(reused, expected, "reused, distinct")
+    if n:
+        assert np.shares_memory(reused.indices, distinct) and np.shares_memory(reused.data, distinct)
+    longer = np.concatenate([(rows << 32) | cols, np.zeros(n, dtype=np.int64)])
+    kept_apart = _keys_to_csr(longer[:n], (30, 20), reuse=True)  # would pin twice its size
+    assert_same_matrix(kept_apart, expected, "kept apart")
+    assert not np.shares_memory(kept_apart.indices, longer)

@@ -48,9 +48,10 @@ def log() -> pd.DataFrame:
     })
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> Path:
+def write_parquet(df: pd.DataFrame, path: Path, row_group_size: int = 700) -> Path:
+    """A Parquet file of several row groups (read one at a time) when the frame is large."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size)
     return path
 
 
@@ -223,6 +224,11 @@ def test_errors_name_the_part_and_the_column(log: pd.DataFrame, tmp_path: Path) 
         scan(parts("float_ids", [a.assign(i=a["i"] + 0.5)]))
     with raises(r"part-00001\.parquet, row 3, column 'r': missing value"):
         scan(parts("null", [a, b.assign(r=[None if k == 2 else 1.0 for k in range(len(b))])]))
+    late = tmp_path / "late" / "part-00000.parquet"  # in the fourth of several row groups
+    write_parquet(b.assign(r=[None if k == 75 else 1.0 for k in range(len(b))]), late, 20)
+    assert pq.ParquetFile(late).num_row_groups == 5
+    with raises(r"part-00000\.parquet, row 76, column 'r': missing value"):
+        scan(late.parent)
     with raises(r"part-00000\.parquet, row 2, column 'r': expected a finite number"):
         scan(parts("inf", [a.assign(r=[1.0, np.inf] + [1.0] * (len(a) - 2))]))
     with raises(r"part-00000\.parquet, row 5, column 'u': empty id"):
