@@ -27,15 +27,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recvae.data.sources import _INT_ID  # text ids that are canonical integers become int64
 from recvae.errors import RecvaeError
 
 CHUNK = 1 << 20  # rows per pass step: temporaries of a few MB
 BLOCK_ROWS = 1 << 21  # rows per range of users, at least (ranges are also ≥ N/16 rows)
 _LOW = np.int64((1 << 32) - 1)
 _MAX_CODES = 1 << 31  # codes are stored in 32 bits
-# Text ids written as canonical integers ("0", "42", "-7"; at most 18 digits) become int64, as
-# the table reader does for a whole column (recvae.data.sources._INT_ID).
-_INT_ID = r"^(0|-?[1-9][0-9]{0,17})$"
 
 
 def chunks(n: int, size: int | None = None) -> Iterator[tuple[int, int]]:
