@@ -6,6 +6,7 @@ arrays, user rows and id maps) as the single file it was cut from, for several l
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 from pathlib import Path
@@ -146,9 +147,12 @@ def test_csv_parts_ingest_to_the_single_files_dataset(log: pd.DataFrame, tmp_pat
     log.to_csv(single_csv, index=False)
     single_parquet = write_parquet(log, tmp_path / "single.parquet")
     folder = csv_parts(log, tmp_path / "parts")
+    gzipped = tmp_path / "single.parquet.gz"  # read whole, as read_table does
+    gzipped.write_bytes(gzip.compress(single_parquet.read_bytes()))
     expected = ingest_digest(single_csv, tmp_path / "ds_csv")
     assert ingest_digest(folder, tmp_path / "ds_parts") == expected
     assert ingest_digest(single_parquet, tmp_path / "ds_parquet") == expected
+    assert ingest_digest(gzipped, tmp_path / "ds_gz") == expected
 
 
 def test_ids_typed_by_the_whole_column(tmp_path: Path) -> None:
