@@ -62,7 +62,8 @@ def main() -> None:
         "ratings": res["raw"], "positives": res["positives"],
         "users": res["summary"]["users"], "items": res["summary"]["items"],
         "read_s": t["read_seconds"], "preprocess_s": t["preprocess_seconds"],
-        "split_s": t["split_seconds"], "total_wall_s": res["wall_seconds"],
+        "split_s": t["split_seconds"], "seen_s": t.get("seen_seconds", 0.0),
+        "total_wall_s": res["wall_seconds"],
         "peak_rss_gb": res["peak_rss_gb"],
     }
     print_table([row])

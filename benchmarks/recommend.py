@@ -49,6 +49,7 @@ def in_memory_dataset(history: sp.csr_matrix) -> Dataset:
         user_ids=np.arange(1, n_users + 1),
         item_ids=np.arange(1, n_items + 1),
         manifest={"name": "synthetic-ml20m", "protocol": "weak"},
+        seen=history.astype(bool),  # the raw log's pairs: masked with the history (exclude all)
     )
 
 

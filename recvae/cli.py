@@ -1,4 +1,4 @@
-"""The ``recvae`` command line: ingest, train, evaluate, recommend, run a pipeline, open the UI.
+"""The ``recvae`` command line: ingest, train, evaluate, recommend, run, sync, open the UI.
 
 User errors (bad files, bad values) print one line and exit with status 2, without a traceback
 unless ``--debug`` is given.
@@ -9,19 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from recvae.errors import RecvaeError
 
 EXIT_USAGE = 2
+UI_HOST, UI_PORT = "127.0.0.1", 5000
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -33,11 +36,70 @@ def _value(text: str) -> Any:
         return text
 
 
-def _number(text: str, flag: str = "--threshold") -> float:
+# ------------------------------------------------------------------ argument types
+# Numbers are checked when the command line is parsed, so a bad value is one line before any work.
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    if maximum is not None:
+        expected = f"an integer in [{minimum}, {maximum}]"
+    else:
+        expected = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+def _finite(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise RecvaeError(f"{flag} {text!r}: expected a number, or 'none' to keep everything") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _proportion(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _threshold(text: str) -> float | None:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return _finite(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, or 'none' to keep everything, got {text!r}"
+        ) from None
+
+
+_POSITIVE = _integer(1)
+_COUNT = _integer(0)
+_SEED = _integer(0, 2**32 - 2)  # as recvae.data.split.MAX_SEED (not imported: it pulls pandas)
+_PORT = _integer(1, 65535)
+
+
+class _UsageError(Exception):
+    """A command line argparse rejects: printed as one line like every user error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own: usage + message, exit 2
+        command = self.prog.removeprefix("recvae").strip()
+        hint = f" (see recvae {command} --help)" if command else " (see recvae --help)"
+        raise _UsageError(f"{command + ': ' if command else ''}{message}{hint}")
 
 
 def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -64,7 +126,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from recvae.config import load_config
-    from recvae.data.ingest import ingest
+    from recvae.data.ingest import drop_lines, ingest
     from recvae.data.sources import SOURCES
     from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
 
@@ -74,6 +136,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             data = replace(data, path=args.path)
         if args.out:
             data = replace(data, out=args.out)
+        if args.allow_negative:
+            data = replace(data, preprocess=replace(data.preprocess, allow_negative=True))
     else:
         if args.set:
             raise RecvaeError("ingest: --set overrides keys of a --config file; give --config too")
@@ -81,7 +145,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise RecvaeError("ingest: give --config FILE, or --source and --path")
         if args.source not in SOURCES:
             raise RecvaeError(f"--source {args.source!r}: expected one of {', '.join(SOURCES)}")
-        threshold = None if str(args.threshold).lower() in ("none", "null") else _number(args.threshold)
         data = DataConfig(
             source=args.source,
             path=args.path,
@@ -89,8 +152,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             options=_pairs(args.option, "--option"),
             out=args.out,
             preprocess=PreprocessConfig(
-                threshold=threshold, min_item_users=args.min_item_users,
+                threshold=args.threshold, min_item_users=args.min_item_users,
                 min_user_items=args.min_user_items, iterate=args.iterate,
+                allow_negative=args.allow_negative,
             ),
             split=SplitConfig(
                 method=args.split, n_heldout_users=args.n_heldout_users, test_prop=args.test_prop,
@@ -100,17 +164,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     dataset, reused = ingest(data, force=args.force)
     print(f"{'reused' if reused else 'wrote'} {data.out_dir}")
+    for line in drop_lines(dataset.manifest):
+        print(line, file=sys.stderr if args.json else sys.stdout)
     _print_json_or_table(dataset.summary(), args.json)
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from recvae.data.dataset import Dataset
+    from recvae.data.ingest import drop_lines
 
-    ds = Dataset.load(args.dataset)
+    ds = Dataset.load(args.dataset, verify=args.verify)
     summary = ds.summary()
     if not args.json:
         print(f"{args.dataset}: {ds.manifest.get('name', '')} ({ds.manifest.get('source', '?')})")
+        for line in drop_lines(ds.manifest):
+            print(line)
     _print_json_or_table(summary, args.json)
     return 0
 
@@ -124,14 +193,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _model_config(args: argparse.Namespace) -> Any:
-    from recvae.config import ModelConfig
+    from recvae.config import ModelConfig, read_yaml
 
     params: dict[str, Any] = {}
     if args.params:
         p = Path(args.params)
         if not p.is_file():
             raise RecvaeError(f"{p}: params file not found")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = read_yaml(p, "a mapping of hyper-parameters") or {}
         if not isinstance(loaded, dict):
             raise RecvaeError(f"{p}: expected a mapping of hyper-parameters")
         params.update(loaded)
@@ -142,37 +211,85 @@ def _model_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import shutil
-
     from recvae.config import RecommendConfig
     from recvae.data.dataset import Dataset
+    from recvae.io import atomic_dir, remove_stale
     from recvae.pipeline import results_table, train_and_evaluate
 
+    remove_stale(args.out)  # what a killed `recvae train` left beside --out
     mc = _model_config(args)
+    # checkpoints and the run's tracking record live here until the model is complete
+    work = Path(args.out).parent / f".{Path(args.out).name}.work"
     tracker = None
     if not args.no_track:
         from recvae.tracking import Tracker
 
-        tracker = Tracker(args.tracking_uri, args.experiment)  # fails fast if unreachable
+        # fails fast if unreachable; --resume continues the killed process's MLflow run
+        tracker = Tracker(args.tracking_uri, args.experiment, output_dir=work, resume=args.resume)
     dataset = Dataset.load(args.data)
     if tracker is not None:
         tracker.dataset, tracker.dataset_source = dataset, str(args.data)
-    work = Path(args.out).parent / f".{Path(args.out).name}.work"
-    outcome = train_and_evaluate(
-        mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
-        recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
-        resume=args.resume, config={"data": {"dir": str(args.data), **dataset.manifest}},
-    )
-    # the model directory is complete: move it to --out (atomically replacing an old one)
-    from recvae.io import atomic_dir
-
-    with atomic_dir(args.out) as tmp:
-        shutil.rmtree(tmp)
-        shutil.copytree(outcome.model_dir, tmp)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        outcome = train_and_evaluate(
+            mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
+            recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
+            resume=args.resume, config={"data": {"dir": str(args.data), **_logged(dataset.manifest)}},
+        )
+        # the model directory is complete: move it to --out (atomically replacing an old one)
+        with atomic_dir(args.out) as tmp:
+            shutil.rmtree(tmp)
+            shutil.copytree(outcome.model_dir, tmp)
+    except BaseException:
+        # The work folder is kept while it holds a checkpoint for --resume, or a tracking record
+        # that `recvae sync` must still send.
+        if not _has_checkpoint(work / "checkpoints") and not (
+            tracker is not None and tracker.not_logged()
+        ):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     print(f"saved {args.out}")
-    print(results_table([outcome]))
+    print(results_table([outcome], [f"test/{m}" for m in _table_metrics(args.k)]))
+    if tracker is not None and tracker.not_logged():
+        # the record (and the model it references) must outlive this process for `recvae sync`
+        print(tracker.offline_summary(), file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    if tracker is not None and outcome.run_id:
+        print(f"\nMLflow run:   {outcome.run_id}   (store {tracker.uri})")
+        print(f"open it:      {_ui_hint(tracker.uri, outcome.experiment_id, outcome.run_id)}")
+        print(f"top-k files:  recvae recommend --run-id {outcome.run_id} --data {args.data} "
+              "--out recs.parquet")
     return 0
+
+
+def _logged(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as run params, without the per-file sizes and sha256 (the dataset digest
+    tag identifies the data)."""
+    return {k: v for k, v in manifest.items() if k != "files"}
+
+
+def _has_checkpoint(directory: Path) -> bool:
+    return directory.is_dir() and any(
+        p.is_file() and not p.name.startswith(".") for p in directory.rglob("*")
+    )
+
+
+def _table_metrics(ks: Sequence[int]) -> list[str]:
+    from recvae.config import EvaluationConfig
+
+    return EvaluationConfig(ks=list(ks)).table_metrics()
+
+
+def _ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
+    """How to see a run in the MLflow UI: its URL on a tracking server, else the ``recvae ui``
+    command for the store and the URL it will serve."""
+    from recvae.tracking import resolve_tracking_uri
+
+    page = f"/#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + page
+    command = "recvae ui" if uri == resolve_tracking_uri(None) else f"recvae ui --tracking-uri {uri}"
+    return f"{command}   then http://{UI_HOST}:{UI_PORT}{page}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -213,11 +330,13 @@ def _model_from_run(run_id: str, tracking_uri: str | None) -> Path:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from recvae.data.dataset import Dataset
+    from recvae.io import remove_stale
     from recvae.models import load_model
     from recvae.recommend import write_recommendations
 
     if bool(args.model_dir) == bool(args.run_id):
         raise RecvaeError("recommend: give a model directory or --run-id, not both")
+    remove_stale(args.out)  # what a killed `recvae recommend` left beside --out
     model_dir = Path(args.model_dir) if args.model_dir else _model_from_run(args.run_id, args.tracking_uri)
     model = load_model(model_dir)
     dataset = Dataset.load(args.data)
@@ -225,29 +344,39 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.users != "all":
         p = Path(args.users)
         if p.is_file():
-            users = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+            try:
+                text = p.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise RecvaeError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); expected "
+                                  "one user id per line") from None
+            users = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             users = [u for u in args.users.split(",") if u]
-    path = write_recommendations(
-        model, dataset, args.out, k=args.k, users=users, format=args.format,
-        batch_size=args.batch_size, show_progress=not args.quiet,
+    topk = write_recommendations(
+        model, dataset, args.out, k=args.k, users=users, exclude=args.exclude,
+        fallback=args.fallback, format=args.format, batch_size=args.batch_size,
+        show_progress=not args.quiet,
     )
-    print(f"wrote {path}")
+    print(f"wrote {topk.path}: {topk.describe()}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recvae.config import load_config
+    from recvae.config import check_inputs, load_config, select_models
     from recvae.pipeline import results_table, run_pipeline
     from recvae.tracking import resolve_tracking_uri
 
-    cfg = load_config(args.config, _pairs(args.set, "--set"))
+    cfg = load_config(args.config, _pairs(args.set, "--set"))  # builds every model: checks params
     only = [m for m in args.models.split(",") if m] if args.models else None
+    names = [m.run_name for m in select_models(cfg, only)]
+    check_inputs(cfg)
     if args.dry_run:
-        names = [m.run_name for m in cfg.models if not only or m.run_name in only]
-        print(f"{args.config}: valid; dataset {cfg.data.dataset_name} → {cfg.data.out_dir}; "
-              f"models: {', '.join(names)}")
+        print(f"{args.config}: valid; data {cfg.data.path}; dataset {cfg.data.dataset_name} → "
+              f"{cfg.data.out_dir}; outputs {cfg.output_dir}; models: {', '.join(names)}")
         return 0
+    from recvae.io import sweep_stale
+
+    sweep_stale(cfg.output_dir)  # what a killed run left in its output folders
     outcomes = run_pipeline(cfg, only=only, track=not args.no_track, show_progress=not args.quiet,
                             force_ingest=args.force_ingest, resume=args.resume)
     print()
@@ -259,7 +388,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"recommendations: {Path(cfg.output_dir) / 'recommendations'}")
     if not args.no_track:
         uri = resolve_tracking_uri(cfg.tracking.uri)
-        print(f"MLflow store:    {uri}   (open it with: recvae ui)")
+        tracked = [o for o in outcomes if o.run_id]
+        print(f"MLflow store:    {uri}")
+        if tracked:
+            first = tracked[0]
+            print(f"MLflow runs:     pipeline {first.parent_run_id}; "
+                  + ", ".join(f"{o.run_name} {o.run_id}" for o in tracked))
+            print(f"open it:         {_ui_hint(uri, first.experiment_id, first.parent_run_id)}")
     failed = [o for o in outcomes if not o.ok]
     if failed:
         print(f"\n{len(failed)} model(s) failed: " + "; ".join(f"{o.run_name}: {o.error}" for o in failed),
@@ -268,23 +403,72 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from recvae.tracking import resolve_tracking_uri
+def cmd_sync(args: argparse.Namespace) -> int:
+    from recvae.tracking.sync import sync_output
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
-    return subprocess.call(cmd)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print run ids
+    report = sync_output(args.output_dir, uri=args.tracking_uri)
+    print(f"{args.output_dir}: {report.synced} run(s) synced, {report.unchanged} already complete, "
+          f"{report.skipped} skipped, {report.failed} failed")
+    return 1 if report.failed else 0
+
+
+def ui_store_uri(arg: str | None) -> str:
+    """The store ``recvae ui`` serves, by ``recvae.tracking.resolve_tracking_uri``'s rule
+    (``MLFLOW_TRACKING_URI``, else ``arg``, else ``./mlflow.db``; a test keeps them equal).
+
+    Resolved here because importing ``recvae.tracking`` imports MLflow, seconds of start-up
+    that this process, which only hands over to MLflow's server, would spend for nothing.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return env or arg or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = ui_store_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise RecvaeError(f"the tracking store {uri} is a server already: open it in a browser")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().parent.is_dir():
+        raise RecvaeError(f"MLflow tracking database {uri}: its directory does not exist")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    # The UI needs the tracking server only: not MLflow's GenAI job runners (a huey consumer per
+    # job type, started by default), nor 4 uvicorn workers for one person's browser.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
+    if os.name == "posix":
+        # become the server: signals (Ctrl-C, SIGTERM) reach it, and it stops what it started
+        sys.stdout.flush()
+        os.execve(sys.executable, cmd, env)
+    return subprocess.call(cmd, env=env)  # pragma: no cover - Windows
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recvae", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = p.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, False)."""
 
-    s = sub.add_parser("ingest", help="read a raw log, preprocess, split, save a dataset")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recvae import __version__
+
+    p = _Parser(
+        prog="recvae", formatter_class=_HelpFormatter,
+        description="Collaborative filtering with autoencoders: ingest a log, train and evaluate "
+                    "models, write top-k files, run a pipeline, open the MLflow UI.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    s = command("ingest", "read a raw log, preprocess, split, save a dataset")
     s.add_argument("--config", help="a pipeline YAML: its data section is used")
     s.add_argument("--source", help="movielens | netflix | msd | lightgcn | citeulike | table")
     s.add_argument("--path", help="the raw file, folder or zip")
@@ -292,89 +476,119 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="dataset name (default: from the path)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="reader option, e.g. user_col=customer (table source)")
-    s.add_argument("--threshold", default="3.5", help="keep value > threshold; 'none' keeps all")
-    s.add_argument("--min-item-users", type=int, default=0)
-    s.add_argument("--min-user-items", type=int, default=5)
+    s.add_argument("--threshold", type=_threshold, default=3.5,
+                   help="keep value > threshold; 'none' keeps all")
+    s.add_argument("--allow-negative", action="store_true",
+                   help="with --threshold none, keep negative values as positives too")
+    s.add_argument("--min-item-users", type=_COUNT, default=0,
+                   help="drop items with fewer users first")
+    s.add_argument("--min-user-items", type=_COUNT, default=5,
+                   help="then drop users with fewer (positive) items")
     s.add_argument("--iterate", action="store_true", help="iterate the filters to a k-core")
     s.add_argument("--split", default="strong", help="strong | random | temporal | predefined")
-    s.add_argument("--n-heldout-users", type=int, help="strong: users per held-out part")
-    s.add_argument("--test-prop", type=float, default=0.2)
-    s.add_argument("--validation-prop", type=float, default=0.1)
-    s.add_argument("--leave-last", type=int)
-    s.add_argument("--cutoff", type=float)
-    s.add_argument("--seed", type=int, default=98765)
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    s.add_argument("--n-heldout-users", type=_POSITIVE,
+                   help="strong: users per held-out part (default 10 %% of users, at most 10,000)")
+    s.add_argument("--test-prop", type=_proportion, default=0.2,
+                   help="strong: held-out share of each evaluation user; random: test share")
+    s.add_argument("--validation-prop", type=_proportion, default=0.1,
+                   help="weak splits: validation share carved from each user's training rows")
+    s.add_argument("--leave-last", type=_POSITIVE, help="temporal: each user's last N interactions are tests")
+    s.add_argument("--cutoff", type=_finite, help="temporal: interactions at or after (epoch seconds)")
+    s.add_argument("--seed", type=_SEED, default=98765, help="seed of the split (the paper's)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the --config file, e.g. data.split.seed=1")
     s.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the counts as JSON")
     s.set_defaults(func=cmd_ingest)
 
     for name in ("evaluate-split", "summary"):
-        s = sub.add_parser(name, help="print a dataset's counts per part (Table 1 of the paper)")
-        s.add_argument("dataset")
-        s.add_argument("--json", action="store_true")
+        s = command(name, "print a dataset's counts per part (Table 1 of the paper)")
+        s.add_argument("dataset", help="dataset directory from `recvae ingest`")
+        s.add_argument("--json", action="store_true", help="print the counts as JSON")
+        s.add_argument("--verify", action="store_true",
+                       help="re-hash every file against the manifest's sha256 (sizes are always checked)")
         s.set_defaults(func=cmd_summary)
 
-    s = sub.add_parser("download", help="download an official MovieLens archive into data/raw/")
+    s = command("download", "download an official MovieLens archive into data/raw/")
     s.add_argument("name", help="ml-100k | ml-1m | ml-10m | ml-20m | ml-25m | ml-32m | ml-latest(-small)")
-    s.add_argument("--cache-dir", default="data/raw")
+    s.add_argument("--cache-dir", default="data/raw", help="where archives are kept and reused")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("train", help="train one model on a dataset, evaluate it, save it")
+    s = command("train", "train one model on a dataset, evaluate it, save it")
     s.add_argument("--data", required=True, help="dataset directory from `recvae ingest`")
     s.add_argument("--model", required=True, help="mult-vae | mult-dae | ease | als | bpr | item-knn | ...")
     s.add_argument("--out", required=True, help="model directory to write")
     s.add_argument("--label", help="run name (default: the model name)")
     s.add_argument("--params", help="YAML file of hyper-parameters")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyper-parameter, e.g. lr=1e-3")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--k", type=int, nargs="+", default=[20, 50, 100])
+    s.add_argument("--epochs", type=_POSITIVE, help="epochs, for models that train in epochs")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the model's, auto)")
+    s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100], help="cut-offs of the metrics")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    s.add_argument("--tracking-uri")
-    s.add_argument("--experiment")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    s.add_argument("--experiment", help="MLflow experiment (default: <dataset> (<split>))")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="evaluate a saved model on a dataset part")
-    s.add_argument("model_dir")
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", default="test", choices=["validation", "test"])
-    s.add_argument("--k", type=int, nargs="+", default=[20, 50, 100])
-    s.add_argument("--batch-size", type=int, default=1000)
-    s.add_argument("--json", action="store_true")
+    s = command("evaluate", "evaluate a saved model on a dataset part")
+    s.add_argument("model_dir", help="model directory from `recvae train` or a pipeline")
+    s.add_argument("--data", required=True, help="dataset directory from `recvae ingest`")
+    s.add_argument("--split", default="test", choices=["validation", "test"], help="the part")
+    s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100], help="cut-offs of the metrics")
+    s.add_argument("--batch-size", type=_POSITIVE, default=1000, help="users scored at a time")
+    s.add_argument("--json", action="store_true", help="print the metrics as JSON")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("recommend", help="write top-k recommendations with original ids")
-    s.add_argument("model_dir", nargs="?")
+    s = command("recommend", "write top-k recommendations with original ids")
+    s.add_argument("model_dir", nargs="?", help="model directory (or give --run-id)")
     s.add_argument("--run-id", help="take the model logged by this MLflow run")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help="MLflow store of --run-id (default: MLFLOW_TRACKING_URI, "
+                   "else ./mlflow.db)")
     s.add_argument("--data", required=True, help="dataset directory (user histories, id maps)")
-    s.add_argument("--users", default="all", help="all | comma-separated ids | a file of ids")
-    s.add_argument("--k", type=int, default=100)
+    s.add_argument("--users", default="all",
+                   help="all (every user of the raw log; with --fallback none, the users the model "
+                        "scores) | comma-separated ids | a file of ids, one a line")
+    s.add_argument("--k", type=_POSITIVE, default=100, help="items per user")
+    s.add_argument("--exclude", default="all", choices=["all", "train", "none"],
+                   help="never recommend: all = every item of the user's raw log, whatever its "
+                        "rating; train = what the model was given (held-out items stay rankable, "
+                        "for offline checks); none")
+    s.add_argument("--fallback", default="popularity", choices=["popularity", "none"],
+                   help="users the model cannot score (dropped by preprocessing, not in the log): "
+                        "popularity over their unseen items, marked source=fallback; none: an error")
     s.add_argument("--out", required=True, help="output .parquet or .csv")
-    s.add_argument("--format", choices=["parquet", "csv"])
-    s.add_argument("--batch-size", type=int, default=2000)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--format", choices=["parquet", "csv"], help="default: from --out's suffix")
+    s.add_argument("--batch-size", type=_POSITIVE, default=2000, help="users scored at a time")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_recommend)
 
-    s = sub.add_parser("run", help="run a pipeline YAML end to end")
-    s.add_argument("config")
+    s = command("run", "run a pipeline YAML end to end")
+    s.add_argument("config", help="pipeline YAML; relative paths in it are relative to its folder")
     s.add_argument("--models", help="comma-separated subset of the config's models")
-    s.add_argument("--dry-run", action="store_true", help="validate the config and stop")
+    s.add_argument("--dry-run", action="store_true",
+                   help="check the config, its input files, --models and every model's parameters; "
+                        "train nothing")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. data.path=/data/gowalla")
-    s.add_argument("--no-track", action="store_true")
-    s.add_argument("--force-ingest", action="store_true")
+                   help="override a config key, e.g. data.path=/data/gowalla (paths: relative to "
+                        "the working directory)")
+    s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    s.add_argument("--force-ingest", action="store_true", help="rebuild the dataset even if cached")
     s.add_argument("--resume", action="store_true",
                    help="models that train in epochs continue from their checkpoints")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
-    s.add_argument("--tracking-uri")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=5000)
+    s = command("sync", "send the runs an outage kept in OUTPUT_DIR/tracking to the MLflow store")
+    s.add_argument("output_dir", help="a pipeline's output_dir (or a `recvae train` work folder)")
+    s.add_argument("--tracking-uri", help="another store than the one each run was meant for")
+    s.set_defaults(func=cmd_sync)
+
+    s = command("ui", "start the MLflow UI on the tracking store")
+    s.add_argument("--tracking-uri", help="the store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    s.add_argument("--host", default=UI_HOST, help="address to listen on")
+    s.add_argument("--port", type=_PORT, default=UI_PORT, help="port to listen on")
+    s.add_argument("--workers", type=_POSITIVE, default=1, help="uvicorn worker processes")
     s.set_defaults(func=cmd_ui)
     return p
 
@@ -382,13 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recvae`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"recvae: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.debug:
+        # urllib3 warns on every retry of a failing tracking call; recvae warns once instead
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         # MLflow's own chatter (pickling notices, schema hints, download bars) buries the
         # per-epoch lines users read; --debug shows it.
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
@@ -399,7 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecvaeError as e:
         if args.debug:
             raise
-        print(f"recvae: error: {e}", file=sys.stderr)
+        # one line whatever a library put in the message (its own line breaks, a path's tab)
+        print(f"recvae: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("recvae: interrupted", file=sys.stderr)

@@ -2,14 +2,27 @@
 
 Unknown keys and wrong types are errors that name the file and the key. Model
 hyper-parameters are checked against the model class's own fields.
+
+Paths: a relative path written in a pipeline file (``data.path``, ``data.out``,
+``output_dir``, the file of a ``sqlite:///`` ``tracking.uri``; fields marked with
+``metadata={"path": ...}``) is resolved against the folder of that file, so
+``recvae run /anywhere/pipelines/x.yaml`` reads and writes the same files from any working
+directory. Everything the user types stays relative to the working directory, as for every
+other command: ``--set data.path=...`` values and the CLI's own path arguments. So do the
+defaults of keys the file does not write (``output_dir: runs``, ``data.out:
+runs/data/<name>``, the tracking store ``./mlflow.db`` that ``recvae ui`` opens). The shipped
+pipelines write ``../runs/...`` and ``sqlite:///../mlflow.db``: their outputs land in the
+repository root whatever the working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +31,27 @@ import yaml
 
 from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig  # noqa: F401 - re-exported
 from recvae.errors import RecvaeError
+from recvae.search.spec import SearchConfig, model_search
 
 
 @dataclass
 class ModelConfig:
-    """One model of the pipeline: a registry name, an optional run label, hyper-parameters."""
+    """One model of the pipeline: a registry name, an optional run label, hyper-parameters.
+
+    With ``search`` (a mapping of parameter spaces, or ``default``) the model is tuned on
+    validation first; ``trials``, ``timeout_minutes``, ``sampler``, ``pruner`` and ``storage``
+    override the pipeline's ``search:`` section for this model (see :mod:`recvae.search.spec`).
+    """
 
     model: str
     label: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    search: str | dict[str, Any] | None = None
+    trials: int | None = None
+    timeout_minutes: float | None = None
+    sampler: str | dict[str, Any] | None = None
+    pruner: str | dict[str, Any] | None = None
+    storage: str | None = None
 
     @property
     def run_name(self) -> str:
@@ -51,16 +76,26 @@ class EvaluationConfig:
 
 @dataclass
 class RecommendConfig:
+    """The top-k file of each model (see ``recvae.recommend``)."""
+
     enabled: bool = True
     k: int = 100
+    # all: every user of the raw log (with fallback none: the users the model scores)
     users: str | list[Any] = "all"
     format: str = "parquet"  # parquet | csv
     batch_size: int = 2000
+    # never recommended: all = every item of the user's raw log, whatever its value; train =
+    # what the model was given (held-out targets stay rankable); none
+    exclude: str = "all"
+    # users the model cannot score (dropped by preprocessing, not in the log): popularity over
+    # their unseen items (source = fallback in the file), or none (an error naming them)
+    fallback: str = "popularity"
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
+    # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db in the working directory
+    uri: str | None = field(default=None, metadata={"path": "uri"})
     experiment: str | None = None  # default: <dataset>/<protocol>
     register: bool = False  # register each model in the MLflow model registry
     log_model: bool = True
@@ -73,7 +108,7 @@ class PipelineConfig:
     data: DataConfig
     models: list[ModelConfig]
     name: str = "pipeline"
-    output_dir: str = "runs"
+    output_dir: str = field(default="runs", metadata={"path": "file"})
     device: str = "auto"  # passed to models that take a device
     # after model selection on validation, retrain on training + validation interactions (the
     # selected epoch count for models that train in epochs); test metrics, top-k files and the
@@ -82,6 +117,7 @@ class PipelineConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)  # defaults of tuned models
     source_file: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -176,20 +212,69 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
     return cfg
 
 
+def read_yaml(path: Path, expected: str = "") -> Any:
+    """The YAML document in ``path``; invalid YAML is a one-line RecvaeError naming the line."""
+    try:
+        return yaml.safe_load(path.read_bytes())  # bytes: YAML's reader names a bad byte's position
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        hint = f"; expected {expected}" if expected else ""
+        raise RecvaeError(f"{path}:{line} invalid YAML ({problem}){hint}") from None
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline YAML file; ``overrides`` maps dotted keys to values (``data.path``)."""
     p = Path(path)
     if not p.is_file():
         raise RecvaeError(f"{p}: config file not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise RecvaeError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(p)
+    if isinstance(raw, dict):  # before the overrides: those are relative to the working directory
+        resolve_paths(PipelineConfig, raw, p.resolve().parent)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value, str(p))
     return parse_config(raw, str(p))
+
+
+def resolve_paths(cls: type, raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of ``raw`` (a mapping for the dataclass ``cls``, as read from a
+    file in ``base``) absolute against ``base``, in place; values of the wrong type are left for
+    the type checks to report."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = raw.get(f.name)
+        kind = f.metadata.get("path")
+        if kind and isinstance(value, str):
+            raw[f.name] = _resolve_uri(value, base) if kind == "uri" else str(_resolve(value, base))
+        elif isinstance(value, dict) and (nested := _dataclass_in(hints[f.name])) is not None:
+            resolve_paths(nested, value, base)
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()  # resolve: no "pipelines/../" in logs
+
+
+def _resolve_uri(uri: str, base: Path) -> str:
+    """A ``sqlite:///relative.db`` URI or a plain relative path made absolute against ``base``;
+    other URIs (http, an absolute sqlite file, ...) unchanged."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+        return str(_resolve(uri, base))
+    if scheme.lower() == "sqlite" and rest.startswith("///") and rest[3:] not in ("", ":memory:"):
+        return f"{scheme}:///{_resolve(rest[3:], base)}"  # absolute: sqlite:////abs/path
+    return uri
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass of an annotation (``X`` or ``X | None``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
 
 
 def _set_dotted(raw: Any, key: str, value: Any, source: str) -> None:
@@ -232,10 +317,34 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                 f"{source}: evaluation.table: {name!r} is not computed; expected one of "
                 f"{', '.join(known)} (metric_at_k for k in evaluation.ks)"
             )
-    if cfg.recommend.format not in ("parquet", "csv"):
+    from recvae.data.split import MAX_SEED
+
+    if not 0 <= cfg.data.split.seed <= MAX_SEED:
         raise RecvaeError(
-            f"{source}: recommend.format: expected parquet or csv, got {cfg.recommend.format!r}"
+            f"{source}: data.split.seed: expected an integer in [0, {MAX_SEED}], got {cfg.data.split.seed}"
         )
+    threshold = cfg.data.preprocess.threshold
+    if threshold is not None and not math.isfinite(threshold):
+        raise RecvaeError(
+            f"{source}: data.preprocess.threshold: expected a finite number or null, got {threshold}"
+        )
+    for key, value in (("evaluation.batch_size", cfg.evaluation.batch_size),
+                       ("recommend.k", cfg.recommend.k),
+                       ("recommend.batch_size", cfg.recommend.batch_size)):
+        if value < 1:
+            raise RecvaeError(f"{source}: {key}: expected a positive integer, got {value}")
+    from recvae.recommend import EXCLUDE, FALLBACKS
+
+    for key, value, allowed in (
+        ("format", cfg.recommend.format, ("parquet", "csv")),
+        ("exclude", cfg.recommend.exclude, EXCLUDE),
+        ("fallback", cfg.recommend.fallback, FALLBACKS),
+    ):
+        if value not in allowed:
+            raise RecvaeError(
+                f"{source}: recommend.{key}: expected {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                f"got {value!r}"
+            )
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         where = f"{source}: models[{i}]"
@@ -247,29 +356,41 @@ def validate(cfg: PipelineConfig, source: str) -> None:
             raise RecvaeError(f"{where}: duplicate run name {m.run_name!r}; give each model a distinct label")
         seen.add(m.run_name)
         build_model(m, where=where)  # constructs (no training) to validate names, types and values
+        model_search(cfg, m, where=where)  # a bad search: block fails at load (and --dry-run)
+
+
+def select_models(cfg: PipelineConfig, only: Sequence[str] | None) -> list[ModelConfig]:
+    """The models of ``cfg`` named in ``only`` (run names, as ``--models`` gives them), in the
+    file's order; all of them when ``only`` is empty. An unknown name is an error."""
+    if not only:
+        return list(cfg.models)
+    known = [m.run_name for m in cfg.models]
+    missing = [name for name in only if name not in known]
+    if missing:
+        raise RecvaeError(
+            f"--models: {missing[0]!r} is not in {cfg.source_file}; expected one of {', '.join(known)}"
+        )
+    return [m for m in cfg.models if m.run_name in only]
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Every input the pipeline reads exists (``data.path``, a file or a folder)."""
+    path = Path(cfg.data.path)
+    if not path.exists():
+        raise RecvaeError(
+            f"{cfg.source_file or '<config>'}: data.path: {path}: no such file or folder"
+        )
 
 
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:
     """Instantiate the model of ``m`` with its params (unknown params are errors)."""
-    from recvae.models import model_class
+    from recvae.models import create_model, model_class
 
-    cls = model_class(m.model)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in m.params if k not in fields]
-    if unknown:
-        raise RecvaeError(
-            f"{where}.params: unknown parameter {unknown[0]!r} for {m.model}; "
-            f"expected one of {', '.join(sorted(fields))}"
-        )
+    fields = {f.name for f in dataclasses.fields(model_class(m.model)) if f.init}
     params = dict(m.params)
     if device is not None and "device" in fields and "device" not in params:
         params["device"] = device
-    try:
-        return cls(**params)
-    except RecvaeError as e:
-        raise RecvaeError(f"{where}.params: {e}") from None
-    except TypeError as e:
-        raise RecvaeError(f"{where}.params: {e}") from None
+    return create_model(m.model, params, where=f"{where}.params")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

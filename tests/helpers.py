@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+TINY_ITEMS = 10
+TINY_ITEM_IDS = np.arange(500, 500 + TINY_ITEMS)
+
 
 def random_csr(n_rows: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
     """Binary float32 CSR with about ``density`` of its entries set, reproducible from ``seed``."""
@@ -19,3 +22,61 @@ def rows_csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
     r = [u for u, items in enumerate(rows) for _ in items]
     c = [i for items in rows for i in items]
     return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(len(rows), n_items))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant of it (Linux ``/proc``); [] when ``pid`` is gone."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the command name (field 2) may hold spaces: the parent pid follows its ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if fields[0] != "Z":  # zombies have exited, they only wait for their parent
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    if not Path(f"/proc/{pid}").exists():
+        return []
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of the session ``sid`` (a process started with ``start_new_session=True``
+    leads the session numbered by its pid): its descendants, even once orphaned."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def tiny_dataset():  # noqa: ANN201 - recvae.data.dataset.Dataset (imported lazily)
+    """8 users × 10 items with string user ids and integer item ids (500..509); 5 training, 1
+    validation, 2 test users."""
+    from recvae.data.dataset import Dataset, Part
+
+    def csr(rows: list[list[int]]) -> sp.csr_matrix:
+        return rows_csr(rows, TINY_ITEMS)
+
+    return Dataset(
+        train=csr([[0, 1, 2], [1, 2, 3, 4], [0, 1, 5, 6], [5, 6, 7], [2, 3, 8, 9]]),
+        train_users=np.array([0, 1, 2, 3, 4]),
+        validation=Part(fold_in=csr([[0, 1, 7]]), holdout=csr([[2]]), users=np.array([5])),
+        test=Part(fold_in=csr([[1, 2, 3], [5, 6]]), holdout=csr([[4], [7]]), users=np.array([6, 7])),
+        user_ids=np.array([f"user-{i}" for i in range(8)], dtype=object),
+        item_ids=TINY_ITEM_IDS,
+        manifest={"name": "tiny", "protocol": "strong", "key": "tiny-strong-0123abcd"},
+    )

@@ -75,11 +75,16 @@ def test_ingest_evaluate_split_and_reuse(
                               "--out", out)
     assert code == 0
     assert stdout.splitlines()[0] == f"wrote {out}"
+    # what preprocessing and the split dropped, where the user looks
+    assert stdout.splitlines()[1] == ("dropped 52,256 interactions (51.8 %) with a value not above "
+                                      "preprocess.threshold (3.5)")
+    assert re.search(r"^dropped [\d,]+ interactions \([\d.]+ %\) of users with fewer than "
+                     r"preprocess\.min_user_items = 5 items$", stdout, re.M)
     assert re.search(r"^users\s+603$", stdout, re.M)
     assert re.search(r"^validation_users\s+60$", stdout, re.M)  # default: 10 % of 603
     assert re.search(r"^train_interactions\s+[\d,]+$", stdout, re.M)
 
-    code, table, _ = run_cli(capsys, "evaluate-split", out)
+    code, table, _ = run_cli(capsys, "evaluate-split", out, "--verify")
     assert code == 0
     assert table.splitlines()[0].startswith(f"{out}: ml-latest-small (movielens)")
     for row in ("protocol", "users", "items", "train_users", "test_users_with_targets",
@@ -95,6 +100,19 @@ def test_ingest_evaluate_split_and_reuse(
     assert code == 0 and json.loads(as_json)["users"] == 603
 
 
+def test_allow_negative(tmp_path: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
+    log = tmp_path / "events.csv"
+    log.write_text("user,item,score\n" + "".join(
+        f"{u},{i},{-1 if (u + i) % 4 == 0 else 1}\n" for u in range(40) for i in range(10)))
+    args = ["ingest", "--source", "table", "--path", log, "--out", out, "--option", "value_col=score",
+            "--threshold", "none", "--n-heldout-users", "4"]
+    assert_user_error(*run_cli(capsys, *args), r"events\.csv: 100 interaction\(s\) with a negative "
+                      r"value \(first: user 0, item 0, value -1\)", "--allow-negative")
+    assert nothing_written(out)
+    code, stdout, _ = run_cli(capsys, *args, "--allow-negative", "--json")
+    assert code == 0 and json.loads(stdout.partition("\n")[2])["interactions"] == 400
+
+
 def test_ingest_from_config_with_overrides(ml_small_zip: Path, out: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     code, stdout, _ = run_cli(capsys, "ingest", "--config", QUICKSTART, "--path", ml_small_zip,
@@ -105,14 +123,58 @@ def test_ingest_from_config_with_overrides(ml_small_zip: Path, out: Path,
 
 
 def test_run_dry_run(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # another folder: the file's paths are relative to the file
     code, stdout, _ = run_cli(capsys, "run", QUICKSTART, "--dry-run")
     assert code == 0
-    assert "valid; dataset ml-latest-small" in stdout
+    assert f"valid; data {REPO.resolve() / 'data' / 'ml-latest-small.zip'}; dataset ml-latest-small" in stdout
+    assert f"outputs {REPO.resolve() / 'runs' / 'quickstart'};" in stdout
     assert "models: mult-vae, mult-dae, ease, als, bpr, item-knn, popularity" in stdout
     code, stdout, _ = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--models", "ease,popularity")
     assert code == 0 and stdout.rstrip().endswith("models: ease, popularity")
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_dry_run_checks_models_inputs_and_parameters(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--models", "ease,mult-gan")
+    assert_user_error(*res, "--models: 'mult-gan' is not in", r"quickstart\.yaml", "expected one of mult-vae")
+    # --set paths are the user's typing: relative to the working directory
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--set", "data.path=nope.zip")
+    assert_user_error(*res, r"quickstart\.yaml: data\.path: nope\.zip: no such file or folder")
+    moved = tmp_path / "elsewhere" / "q.yaml"  # the same file in another folder: its data is not there
+    moved.parent.mkdir()
+    moved.write_text(QUICKSTART.read_text())
+    res = run_cli(capsys, "run", moved, "--dry-run")
+    assert_user_error(*res, rf"q\.yaml: data\.path: {tmp_path / 'data' / 'ml-latest-small.zip'}: no such")
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--set", "models=[{model: ease, params: {l2: -1}}]")
+    assert_user_error(*res, r"models\[0\]\.params", "l2")
+    res = run_cli(capsys, "run", QUICKSTART, "--dry-run", "--set", "recommend.exclude=seen")
+    assert_user_error(*res, "recommend.exclude: expected all, train or none")
+    assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]
+
+
+def test_help_shows_defaults_and_every_flag_is_explained(capsys: pytest.CaptureFixture) -> None:
+    from recvae.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
+    for name, sub in commands.items():
+        for action in sub._actions:  # noqa: SLF001
+            assert action.help, f"recvae {name} {action.option_strings or action.dest}: no help"
+    with pytest.raises(SystemExit) as exit_:
+        main(["recommend", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "items per user (default: 100)" in text
+    assert "(default: all)" in text and "(default: popularity)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    from recvae import __version__
+
+    assert capsys.readouterr().out.strip() == f"recvae {__version__}"
 
 
 # ------------------------------------------------------------------ ingest errors
@@ -190,7 +252,7 @@ def test_ingest_argument_errors(ml_small_zip: Path, out: Path, capsys: pytest.Ca
     assert_user_error(*res, "--source and --path")
     res = run_cli(capsys, "ingest", "--source", "movielens", "--path", ml_small_zip, "--out", out,
                   "--threshold", "high")
-    assert_user_error(*res, "--threshold 'high': expected a number")
+    assert_user_error(*res, r"ingest: argument --threshold: expected a number.*got 'high'")
     res = run_cli(capsys, "ingest", "--source", "table", "--path", ml_small_zip, "--out", out,
                   "--option", "user_col")
     assert_user_error(*res, "--option 'user_col': expected KEY=VALUE")
@@ -217,3 +279,136 @@ def test_run_invalid_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert_user_error(*res, r"quickstart\.yaml", r"data\.split\.seed", "expected an integer")
     assert_user_error(*run_cli(capsys, "run", tmp_path / "missing.yaml"), "config file not found")
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]
+
+
+# ------------------------------------------------------------------ run ids, recommend, ui
+def test_run_and_train_print_their_mlflow_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    code, out, err = run_cli(
+        capsys, "run", QUICKSTART, "--quiet", "--models", "popularity",
+        "--set", f"data.out={tmp_path / 'data'}", "--set", f"output_dir={tmp_path / 'runs'}",
+        "--set", f"tracking.uri={uri}", "--set", "tracking.log_model=false",
+    )
+    assert code == 0, err
+    assert f"MLflow store:    {uri}" in out
+    runs = re.search(r"^MLflow runs: +pipeline (\w{32}); popularity (\w{32})$", out, re.M)
+    assert runs, out
+    client = MlflowClient(uri)
+    child = client.get_run(runs[2])
+    assert child.data.tags["mlflow.parentRunId"] == runs[1]
+    page = f"#/experiments/{child.info.experiment_id}/runs/{runs[1]}"
+    assert f"open it:         recvae ui --tracking-uri {uri}   then http://127.0.0.1:5000/{page}" in out
+
+    code, out, err = run_cli(capsys, "train", "--data", tmp_path / "data", "--model", "popularity",
+                             "--out", tmp_path / "model", "--tracking-uri", uri, "--quiet")
+    assert code == 0, err
+    run_id = re.search(r"^MLflow run: +(\w{32}) +\(store (.+)\)$", out, re.M)
+    assert run_id and run_id[2] == uri, out
+    assert client.get_run(run_id[1]).data.tags["recvae.model"] == "popularity"
+    assert f"recvae recommend --run-id {run_id[1]} --data {tmp_path / 'data'}" in out
+    assert "test metrics, 59 users" in out
+
+
+def test_recommend_exclude_and_fallback_flags(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              ml_small_zip: Path) -> None:
+    import pandas as pd
+
+    from recvae.data.dataset import Dataset
+
+    data, model = tmp_path / "data", tmp_path / "model"
+    assert main(["ingest", "--source", "movielens", "--path", str(ml_small_zip), "--out", str(data),
+                 "--n-heldout-users", "60"]) == 0
+    assert main(["train", "--data", str(data), "--model", "popularity", "--out", str(model),
+                 "--no-track", "--quiet"]) == 0
+    dropped = [str(u) for u in Dataset.load(data).dropped_user_ids[:2]]
+    capsys.readouterr()
+    users = ",".join(["1", *dropped])
+    code, out, err = run_cli(capsys, "recommend", model, "--data", data, "--users", users, "--k", "10",
+                             "--out", tmp_path / "r.csv")
+    assert code == 0, err
+    assert out.strip() == (f"wrote {tmp_path / 'r.csv'}: 3 users (1 from the model, 2 from the "
+                           "popularity fallback), 30 rows")
+    recs = pd.read_csv(tmp_path / "r.csv")
+    assert recs.groupby("user_id")["source"].first().to_dict() == {
+        1: "model", **{int(u): "fallback" for u in dropped}}
+    res = run_cli(capsys, "recommend", model, "--data", data, "--users", users, "--fallback", "none",
+                  "--out", tmp_path / "s.csv")
+    assert_user_error(*res, rf"2 dropped by preprocessing \({dropped[0]}, {dropped[1]}\)",
+                      "fallback is none")
+    code, out, _ = run_cli(capsys, "recommend", model, "--data", data, "--users", "1", "--k", "10000",
+                           "--exclude", "none", "--out", tmp_path / "n.csv")
+    assert code == 0 and pd.read_csv(tmp_path / "n.csv")["item_id"].nunique() == Dataset.load(data).n_items
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_ui_serves_the_store_every_command_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from recvae.cli import ui_store_uri
+    from recvae.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for arg in (None, "sqlite:////x/y.db"):
+        assert ui_store_uri(arg) == resolve_tracking_uri(arg)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    for arg in (None, "sqlite:////x/y.db"):
+        assert ui_store_uri(arg) == resolve_tracking_uri(arg)
+    assert_user_error(*run_cli(capsys, "ui"), "http://127.0.0.1:1 is a server already")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    res = run_cli(capsys, "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'no' / 'mlflow.db'}")
+    assert_user_error(*res, "its directory does not exist")
+
+
+@pytest.mark.slow
+def test_ui_answers_with_only_the_server_and_stops_cleanly(tmp_path: Path) -> None:
+    """`recvae ui` on a loopback port: GET / answers 200, two processes (MLflow's server command
+    and one uvicorn worker; no job runners), and SIGTERM to the command stops them all."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import process_tree, session_processes
+
+    db = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # an existing store, as after a run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "ui.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "recvae.cli", "ui", "--tracking-uri",
+                                 f"sqlite:///{db}", "--port", str(port)],
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, status = time.monotonic() + 180, None  # generous: CI machines are shared
+        while status is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    status = resp.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, log.read_text()[-3000:]
+        time.sleep(3)  # MLflow starts its job runners after the server: there must be none
+        tree = process_tree(proc.pid)
+        names = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in tree]
+        assert len(tree) == 2, names
+        proc.send_signal(signal.SIGTERM)  # the command only: it stops what it started
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert session_processes(proc.pid) == []
+    finally:
+        if session_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

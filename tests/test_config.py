@@ -193,6 +193,8 @@ def test_duplicate_labels(tmp_path: Path) -> None:
         ("models", [], "models: the list is empty"),
         ("evaluation.ks", [20, 0], "evaluation.ks: expected positive integers"),
         ("recommend.format", "xlsx", "recommend.format: expected parquet or csv"),
+        ("recommend.exclude", "seen", "recommend.exclude: expected all, train or none, got 'seen'"),
+        ("recommend.fallback", "pop", "recommend.fallback: expected popularity or none, got 'pop'"),
     ],
 )
 def test_cross_field_checks(tmp_path: Path, dotted: str, value: object, match: str) -> None:
@@ -224,7 +226,72 @@ def test_overrides(tmp_path: Path) -> None:
     assert cfg.data.split.n_heldout_users == 5
     assert cfg.evaluation.ks == [10]
     assert cfg.data.preprocess.threshold is None
-    assert load_config(path).data.path == MINIMAL["data"]["path"]  # the file is not modified
+    assert load_config(path).data.path == str(tmp_path / MINIMAL["data"]["path"])  # file unchanged
+
+
+# ------------------------------------------------------------------ paths
+def test_paths_in_the_file_resolve_against_its_folder(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    folder = tmp_path / "project" / "pipelines"
+    folder.mkdir(parents=True)
+    raw = {**MINIMAL, "output_dir": "../runs/x", "tracking": {"uri": "sqlite:///../mlflow.db"}}
+    raw["data"] = {**MINIMAL["data"], "out": "cache/ds"}
+    path = write(folder, raw)
+    monkeypatch.chdir(tmp_path)  # anywhere else
+    cfg = load_config(Path("project") / "pipelines" / "pipe.yaml")
+    assert cfg.data.path == str(folder / "data" / "ml-latest-small.zip")
+    assert cfg.data.out_dir == folder / "cache" / "ds"
+    assert cfg.output_dir == str(tmp_path / "project" / "runs" / "x")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
+    assert cfg.tracking.uri.startswith("sqlite:////")  # four slashes: an absolute file
+    # what the user types stays relative to the working directory, and so do defaults
+    cfg = load_config(path, {"data.path": "mine.zip", "output_dir": "out", "tracking.uri": None})
+    assert (cfg.data.path, cfg.output_dir, cfg.tracking.uri) == ("mine.zip", "out", None)
+    assert load_config(write(folder, MINIMAL, "min.yaml")).output_dir == "runs"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///store/mlflow.db", "sqlite:///{base}/store/mlflow.db"),
+        ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("postgresql://u@db/mlflow", "postgresql://u@db/mlflow"),
+        ("mlruns", "{base}/mlruns"),
+    ],
+)
+def test_tracking_uris_in_the_file(tmp_path: Path, uri: str, expected: str) -> None:
+    path = write(tmp_path, {**MINIMAL, "tracking": {"uri": uri}})
+    assert load_config(path).tracking.uri == expected.format(base=tmp_path)
+
+
+def test_shipped_pipelines_write_into_the_repository(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO / "pipelines" / "quickstart.yaml")
+    assert cfg.data.path == str(REPO / "data" / "ml-latest-small.zip")
+    assert Path(cfg.data.path).is_file()
+    assert cfg.data.out_dir == REPO / "runs" / "data" / "ml-latest-small"
+    assert cfg.output_dir == str(REPO / "runs" / "quickstart")
+    assert cfg.tracking.uri == f"sqlite:///{REPO / 'mlflow.db'}"
+    for path in PIPELINES:
+        cfg = load_config(path)
+        assert Path(cfg.output_dir).parent == REPO / "runs", path.name
+        assert cfg.tracking.uri.startswith(f"sqlite:///{REPO}"), path.name
+
+
+def test_select_models_and_check_inputs(tmp_path: Path) -> None:
+    from recvae.config import check_inputs, select_models
+
+    cfg = load_config(REPO / "pipelines" / "quickstart.yaml")
+    assert [m.run_name for m in select_models(cfg, ["ease", "mult-vae"])] == ["mult-vae", "ease"]
+    assert len(select_models(cfg, None)) == len(cfg.models)
+    with raises_one_line("--models: 'vae' is not in .*quickstart.yaml", "expected one of mult-vae"):
+        select_models(cfg, ["ease", "vae"])
+    check_inputs(cfg)
+    path = write(tmp_path, MINIMAL)
+    with raises_one_line(re.escape(f"{path}: data.path: {tmp_path / 'data' / 'ml-latest-small.zip'}"),
+                         "no such file or folder"):
+        check_inputs(load_config(path))
 
 
 def test_overrides_are_validated(tmp_path: Path) -> None:

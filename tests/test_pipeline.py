@@ -113,3 +113,65 @@ def test_resumed_pipeline_continues_from_checkpoints(tmp_path: Path, capsys) -> 
     assert "[mult-dae] epoch" not in out  # all 3 epochs were in the checkpoint
     for a, b in zip(first, again, strict=True):
         assert a.metrics["test/ndcg_at_100"] == b.metrics["test/ndcg_at_100"], a.run_name
+
+
+def raw_ratings() -> pd.DataFrame:
+    import zipfile
+
+    with zipfile.ZipFile(REPO / "data" / "ml-latest-small.zip") as zf, zf.open(
+        "ml-latest-small/ratings.csv"
+    ) as f:
+        return pd.read_csv(f)
+
+
+def test_terminal_lines_table_and_shippable_topk(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """One line per epoch for Mult-DAE, one per fit for the baselines (BPR's 20 epochs
+    included), a top-k line per model, a labeled table; top-k files hold no pair of the raw log
+    and cover the users preprocessing dropped, marked as fallback."""
+    cfg = _config(tmp_path, "mult-dae,bpr,popularity")
+    cfg.models[0].params.update(epochs=2, batch_size=100)
+    cfg.models[1].params.update(iterations=20, factors=8)
+    outcomes = run_pipeline(cfg, track=False, show_progress=True)  # bars: terminals only
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("[mult-dae] epoch")][1].startswith(
+        "[mult-dae] epoch   2")
+    bpr = [line for line in lines if line.startswith("[bpr]")]
+    assert len(bpr) == 2 and bpr[0].startswith("[bpr] fit: 20 epochs in ") and "train/auc" in bpr[0]
+    assert bpr[1].startswith("[bpr] top-5: 610 users (603 from the model, 7 from the popularity ")
+    assert [line for line in lines if line.startswith("[popularity]")][0].startswith(
+        "[popularity] fit: ")
+    assert "it/s" not in out and "\r" not in out  # no progress bar when not on a terminal
+
+    table = results_table(outcomes, ["test/recall_at_20", "test/ndcg_at_100"]).splitlines()
+    assert table[0].startswith("test metrics, 59 users (mean ± standard error); val/ndcg_at_100")
+    assert table[1].split() == ["model", "val/ndcg_at_100", "recall_at_20", "ndcg_at_100", "fit_s",
+                                "status"]
+    dae = outcomes[0].metrics
+    assert f"{dae['test/ndcg_at_100']:.4f} ± {dae['test/ndcg_at_100_stderr']:.4f}" in table[2]
+    assert f"{dae['val/ndcg_at_100']:.4f}" in table[2].split()[1]
+
+    raw = raw_ratings()
+    pairs = pd.MultiIndex.from_frame(raw[["userId", "movieId"]])
+    for o in outcomes:
+        recs = pd.read_parquet(o.topk_path)
+        assert not pd.MultiIndex.from_frame(recs[["user_id", "item_id"]]).isin(pairs).any(), o.run_name
+        assert set(recs["user_id"]) == set(raw["userId"])  # every user of the raw log
+        fallback = set(recs.loc[recs["source"] == "fallback", "user_id"])
+        assert len(fallback) == 7 and recs.groupby("user_id").size().eq(5).all()
+
+
+@pytest.mark.slow
+def test_two_identical_runs_give_identical_metrics(tmp_path: Path) -> None:
+    """Every model is reproducible run to run on CPU: seeds for ALS and BPR (one thread)."""
+    outcomes = []
+    for run in ("a", "b"):  # the randomized models (EASE, item-kNN and popularity are closed-form)
+        cfg = _config(tmp_path / run, "mult-vae,als,bpr")
+        cfg.models[0].params.update(epochs=1, batch_size=100)
+        cfg.models[1].params.update(iterations=5)  # num_threads 0: every core
+        cfg.models[2].params.update(iterations=20)
+        outcomes.append(run_pipeline(cfg, track=False, show_progress=False))
+    for a, b in zip(*outcomes, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.metrics == b.metrics, a.run_name
+        pd.testing.assert_frame_equal(pd.read_parquet(a.topk_path), pd.read_parquet(b.topk_path))

@@ -19,7 +19,6 @@ import pytest
 import scipy.sparse as sp
 from mlflow.tracking import MlflowClient
 
-from recvae.data.dataset import Dataset, Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.base import EpochReport
@@ -36,30 +35,11 @@ from recvae.tracking import (
     registered_model_name,
     resolve_tracking_uri,
 )
-from tests.helpers import rows_csr
+from tests.helpers import TINY_ITEM_IDS, TINY_ITEMS, tiny_dataset
 
-N_ITEMS = 10
-ITEM_IDS = np.arange(500, 500 + N_ITEMS)
+N_ITEMS = TINY_ITEMS
+ITEM_IDS = TINY_ITEM_IDS
 MODELS = ("popularity", "ease")
-
-
-def _csr(rows: list[list[int]]) -> sp.csr_matrix:
-    return rows_csr(rows, N_ITEMS)
-
-
-def tiny_dataset() -> Dataset:
-    """8 users × 10 items with string user ids and integer item ids; 2 validation, 2 test users."""
-    return Dataset(
-        train=_csr([[0, 1, 2], [1, 2, 3, 4], [0, 1, 5, 6], [5, 6, 7], [2, 3, 8, 9]]),
-        train_users=np.array([0, 1, 2, 3, 4]),
-        validation=Part(fold_in=_csr([[0, 1, 7]]), holdout=_csr([[2]]), users=np.array([5])),
-        test=Part(
-            fold_in=_csr([[1, 2, 3], [5, 6]]), holdout=_csr([[4], [7]]), users=np.array([6, 7])
-        ),
-        user_ids=np.array([f"user-{i}" for i in range(8)], dtype=object),
-        item_ids=ITEM_IDS,
-        manifest={"name": "tiny", "protocol": "strong", "key": "tiny-strong-0123abcd"},
-    )
 
 
 CONFIG = {
@@ -100,7 +80,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     tracker.log_final(evaluate(model.score, ds.validation, ks=(100,))
                                       .as_metrics("val"))
                     tracker.log_timings(fit_seconds=0.5, score_seconds=0.25)
-                    topk = write_recommendations(model, ds, root / f"{name}.parquet", k=3)
+                    topk = write_recommendations(model, ds, root / f"{name}.parquet", k=3,
+                                                 exclude="train").path
                     tracker.log_topk(topk)
                     if name == "ease":
                         tracker.log_topk(topk, max_bytes=10, sample_rows=4)

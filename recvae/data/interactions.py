@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from recvae.data.sources import _INT_ID  # text ids that are canonical integers become int64
 from recvae.errors import RecvaeError
@@ -53,6 +54,47 @@ def compact(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
         a[w : w + m] = a[lo:hi][k]
         w += m
     return a[:w]
+
+
+def keys_to_csr(
+    keys: np.ndarray, shape: tuple[int, int], *, reuse: bool = False, dtype: type = np.float32
+) -> sp.csr_matrix:
+    """The binary CSR of ``row << 32 | col`` keys, as ``sp.csr_matrix((ones, (rows, cols)))`` and
+    ``sum_duplicates`` build it (ones of ``dtype``, sorted indices, no duplicates, the same index
+    dtypes). Sorts ``keys`` in place: sorted keys are the matrix's entries in order.
+
+    With ``reuse`` the matrix is written over the keys' own buffer, column indices (int32) in its
+    first half and the ones (float32, or a 1-byte ``dtype``) after them, so the largest matrix
+    costs no memory beyond the keys it was built from. (Not when that buffer is much longer than
+    the keys: the matrix would keep it all alive.)
+    """
+    keys.sort()
+    if len(keys) > 1 and any((keys[max(lo, 1) : hi] == keys[max(lo, 1) - 1 : hi - 1]).any()
+                             for lo, hi in chunks(len(keys))):
+        # the same pair twice (a source's train and test parts, a repeated rating): keep one
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        keys = compact(keys, first)
+    n, (n_rows, n_cols) = len(keys), shape
+    index = np.int32 if max(n, n_rows, n_cols) < 2**31 else np.int64
+    indptr = np.searchsorted(keys, np.arange(n_rows + 1, dtype=np.int64) << 32).astype(index)
+    owner = keys
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    size = np.dtype(dtype).itemsize
+    if reuse and index is np.int32 and size <= 4 and owner.nbytes <= 1.25 * keys.nbytes:
+        indices = keys.view(np.int32)[:n]
+        for lo, hi in chunks(n):  # chunk [lo, hi) lands on keys [lo/2, hi/2), already read
+            indices[lo:hi] = keys[lo:hi] & _LOW
+        start = 4 * n // size  # the bytes after the indices: keys [n/2, ...), all read by now
+        values = keys.view(dtype)[start : start + n]
+        values[:] = 1
+    else:
+        indices = np.empty(n, dtype=index)
+        for lo, hi in chunks(n):
+            indices[lo:hi] = keys[lo:hi] & _LOW
+        values = np.ones(n, dtype=dtype)
+    return sp.csr_matrix((values, indices, indptr), shape=shape)
 
 
 @dataclass
@@ -185,13 +227,22 @@ class Interactions:
 
     @classmethod
     def from_frame(
-        cls, df: pd.DataFrame, *, threshold: float | None = None, keep_rows: bool = False
+        cls,
+        df: pd.DataFrame,
+        *,
+        threshold: float | None = None,
+        allow_negative: bool = False,
+        source: str = "the input",
+        keep_rows: bool = False,
     ) -> Interactions:
         """From a tidy frame (``user``, ``item``[, ``value``][, ``timestamp``][, ``part``]), keeping
-        rows with ``value > threshold`` (all rows when ``threshold`` is None). Id types are kept
-        as the frame has them."""
+        rows with ``value > threshold`` (all rows when ``threshold`` is None; negative values are
+        then an error naming ``source`` unless ``allow_negative``). Id types are kept as the frame
+        has them."""
         builder = InteractionsBuilder(
             threshold=threshold,
+            allow_negative=allow_negative,
+            source=source,
             canonical_ints=False,
             with_timestamp="timestamp" in df.columns,
             keep_rows=keep_rows,
@@ -293,6 +344,15 @@ class IdCodes:
         return values
 
 
+def negative_values_error(source: str, n: int, user: Any, item: Any, value: float) -> RecvaeError:
+    """The error for ``n`` negative values under ``threshold: null``, the first at (user, item)."""
+    return RecvaeError(
+        f"{source}: {n:,} interaction(s) with a negative value (first: user {user}, item {item}, "
+        f"value {value:g}); with preprocess.threshold null every interaction is a positive: set a "
+        "threshold, or preprocess.allow_negative: true (--allow-negative) to keep them"
+    )
+
+
 def _take(a: pa.Array, keep: np.ndarray | slice) -> pa.Array:
     return a[keep] if isinstance(keep, slice) else a.filter(pa.array(keep))
 
@@ -342,19 +402,28 @@ class InteractionsBuilder:
     """Collects batches of (user, item, value[, timestamp]) into :class:`Interactions`.
 
     Rows with ``value > threshold`` are kept (every row when ``threshold`` is None; a batch
-    without values counts as values 1.0, as an implicit log does). Ids of every row, kept or not,
-    enter the dictionaries, so the choice between integer and text ids is the whole column's.
+    without values counts as values 1.0, as an implicit log does). With ``threshold`` None a
+    negative value would count as a like: :meth:`finish` refuses the log, naming ``source``, the
+    number of such rows and the first, unless ``allow_negative``. With ``canonical_ints``, ids of
+    every row, kept or not, enter the dictionaries, so the choice between integer and text ids is
+    the whole column's.
     """
 
     def __init__(
         self,
         *,
         threshold: float | None = None,
+        allow_negative: bool = False,
+        source: str = "the input",
         canonical_ints: bool = True,
         with_timestamp: bool = False,
         keep_rows: bool = False,
     ) -> None:
         self.threshold = threshold
+        self.allow_negative = allow_negative
+        self.source = source
+        self._negative = 0
+        self._first_negative: tuple[Any, Any, float] | None = None
         self.users = IdCodes(canonical_ints=canonical_ints)
         self.items = IdCodes(canonical_ints=canonical_ints)
         self._pairs = _Growing(np.int64)
@@ -406,6 +475,8 @@ class InteractionsBuilder:
         user, item, value, timestamp, part = (joined(k) for k in range(1, 6))
         n = len(user)
         keep: np.ndarray | slice = slice(None)
+        if self.threshold is None and value is not None and not self.allow_negative:
+            self._count_negative(user, item, value)
         if self.threshold is not None:
             if value is None:
                 keep = slice(None) if 1.0 > self.threshold else slice(0)
@@ -426,9 +497,19 @@ class InteractionsBuilder:
             self._rows.append(np.arange(self.rows_read, self.rows_read + n)[keep])
         self.rows_read += n
 
+    def _count_negative(self, user: pa.Array, item: pa.Array, value: np.ndarray) -> None:
+        negative = value < 0
+        n = int(np.count_nonzero(negative))
+        if n and self._first_negative is None:
+            i = int(np.argmax(negative))
+            self._first_negative = (user[i].as_py(), item[i].as_py(), float(value[i]))
+        self._negative += n
+
     def finish(self) -> Interactions:
         """The interactions, with user codes renumbered in the order of the sorted ids."""
         self._flush()
+        if self._first_negative is not None:
+            raise negative_values_error(self.source, self._negative, *self._first_negative)
         pairs = self._pairs.array()
         user_ids = self.users.ids()
         if user_ids.dtype == object:  # pyarrow's byte-wise UTF-8 order is code-point order
@@ -449,3 +530,98 @@ class InteractionsBuilder:
             rows=None if self._rows is None else self._rows.array(),
             rows_read=self.rows_read,
         )
+
+
+class SeenBuilder:
+    """Every distinct (user, item) pair of a log, whatever its value, over a dataset's users and
+    items: the bool CSR that recommendations exclude (``Dataset.seen``).
+
+    Rows are ``user_ids`` (the dataset's users, in order) followed by the other users of the log
+    (those preprocessing dropped; sorted ids, as :meth:`finish` returns them); columns are
+    ``item_ids``, and pairs on other items are left out (no model can recommend them). Batches of
+    ids are matched to the dataset's ids as the dataset types them (int64 or text), so a second
+    read of the source the dataset was built from finds the same users and items.
+
+    Memory: 8 bytes a pair on the dataset's items until :meth:`finish`, whose CSR (int32 indices,
+    bool values) is written over those bytes.
+
+    Example::
+
+        builder = SeenBuilder(ds.user_ids, ds.item_ids)
+        builder.add(pa.array([7, 7, 9]), pa.array(["a", "b", "a"]))
+        seen, dropped_user_ids = builder.finish()
+    """
+
+    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+        self.user_ids, self.item_ids = np.asarray(user_ids), np.asarray(item_ids)
+        self._users, self._items = pd.Index(self.user_ids), pd.Index(self.item_ids)
+        self._others = IdCodes(canonical_ints=False)
+        self._keys = _Growing(np.int64)
+        self.rows_read = 0
+
+    def add(self, user: pa.Array, item: pa.Array) -> None:
+        """Append one batch of (user, item) ids (integer or text arrays without nulls)."""
+        users, user_at = _distinct(user, self.user_ids.dtype == object)
+        rows = self._users.get_indexer(users)
+        other = rows < 0
+        if other.any():  # codes past the dataset's users, renumbered by sorted id in finish()
+            rows[other] = len(self.user_ids) + self._others.encode(pa.array(users[other]))
+        items, item_at = _distinct(item, self.item_ids.dtype == object)
+        cols = self._items.get_indexer(items)[item_at]
+        known = cols >= 0
+        self._keys.append((rows[user_at][known] << 32) | cols[known])
+        self.rows_read += len(user)
+
+    def finish(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(bool CSR of shape (users + other users, items), the other users' ids, sorted)."""
+        others = self._others.ids()
+        if others.dtype == object:  # pyarrow's byte-wise UTF-8 order is code-point order
+            order = pc.sort_indices(pa.array(others, pa.string())).to_numpy()
+        else:
+            order = np.argsort(others, kind="stable")
+        n_users = len(self.user_ids)
+        row = np.empty(len(order), dtype=np.int64)  # other user's code -> its row
+        row[order] = n_users + np.arange(len(order))
+        keys = self._keys.array()
+        for lo, hi in chunks(len(keys)):
+            k = keys[lo:hi]
+            moved = k >= np.int64(n_users) << 32
+            k[moved] = (row[(k[moved] >> 32) - n_users] << 32) | (k[moved] & _LOW)
+        shape = (n_users + len(order), len(self.item_ids))
+        seen = keys_to_csr(keys, shape, reuse=True, dtype=np.bool_)
+        if len(others) == 0:
+            others = np.zeros(0, dtype=self.user_ids.dtype)
+        return seen, others[order]
+
+    @classmethod
+    def from_frame(
+        cls, df: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """:meth:`finish` over the ``user`` and ``item`` columns of a frame."""
+        builder = cls(user_ids, item_ids)
+        for lo, hi in chunks(len(df)):
+            builder.add(_arrow(df["user"].iloc[lo:hi]), _arrow(df["item"].iloc[lo:hi]))
+        return builder.finish()
+
+
+def _distinct(ids: pa.Array, text: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ids of a batch, typed as a dataset whose ids are ``text`` or int64 types
+    them; each row's index among them)."""
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    encoded = ids.dictionary_encode()
+    uniques = encoded.dictionary
+    at = encoded.indices.to_numpy(zero_copy_only=False)
+    if text:
+        # integers as the text a mixed column gives them (IdCodes: str() of the int64)
+        values = uniques.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+    elif pa.types.is_integer(uniques.type):
+        values = uniques.cast(pa.int64()).to_numpy()
+    else:  # text ids of a column that became int64, so all canonical integers when it was read
+        if not pc.all(pc.match_substring_regex(uniques, _INT_ID)).as_py():
+            raise RecvaeError(
+                "the log's ids were all integers when it was read, and now are not: the source "
+                "changed during ingest; ingest again"
+            )
+        values = uniques.cast(pa.int64()).to_numpy()
+    return values, at

@@ -20,6 +20,11 @@ from recvae.data.interactions import Interactions, chunks
 from recvae.errors import RecvaeError
 
 
+#: The reasons an interaction is dropped before the split, as keys of ``drops``; the split adds
+#: ``unknown_items`` (see ``recvae.data.split``).
+DROP_REASONS = ("below_threshold", "duplicates", "min_item_users", "min_user_items")
+
+
 # =========================================================================== compact, in place
 def drop_duplicate_rows(log: Interactions) -> None:
     """One row per (user, item[, part]); with timestamps the most recent interaction is kept
@@ -55,25 +60,39 @@ def drop_duplicate_rows(log: Interactions) -> None:
 
 
 def filter_rows_by_counts(
-    log: Interactions, min_item_users: int = 0, min_user_items: int = 5, *, iterate: bool = False
+    log: Interactions,
+    min_item_users: int = 0,
+    min_user_items: int = 5,
+    *,
+    iterate: bool = False,
+    drops: dict[str, int] | None = None,
 ) -> None:
     """Drop items with fewer than ``min_item_users`` users, then users with fewer than
     ``min_user_items`` items, in one pass (the paper's order); ``iterate=True`` repeats until
-    both hold (k-core). Counts are of rows, so duplicates must be gone first.
+    both hold (k-core). Counts are of rows, so duplicates must be gone first. ``drops``, if
+    given, gains the rows each filter dropped (keys ``min_item_users`` and ``min_user_items``).
     """
     if min_item_users < 0 or min_user_items < 0:
         raise RecvaeError(
             f"min counts must be ≥ 0, got min_item_users={min_item_users}, "
             f"min_user_items={min_user_items}"
         )
+    counts = {"min_item_users": 0, "min_user_items": 0}
     while True:
         n_before = len(log)
         if min_item_users > 0:
+            n = len(log)
             _keep_codes(log, log.item_counts() >= min_item_users, log.items)
+            counts["min_item_users"] += n - len(log)
         if min_user_items > 0:
+            n = len(log)
             _keep_codes(log, log.user_counts() >= min_user_items, log.users)
+            counts["min_user_items"] += n - len(log)
         if not iterate or len(log) == n_before:
-            return
+            break
+    if drops is not None:
+        for key, n in counts.items():
+            drops[key] = drops.get(key, 0) + n
 
 
 def _keep_codes(
@@ -95,16 +114,25 @@ def preprocess_interactions(
     iterate: bool = False,
     threshold: float | None = None,
     source: str = "the input",
+    drops: dict[str, int] | None = None,
 ) -> Interactions:
     """Drop duplicates → min-count filters, in place; raises if nothing is left.
 
     ``log`` holds the positives already (the threshold was applied as it was read; it is passed
-    here only to word the error).
+    here only to word the error). ``drops``, if given, is filled with the number of rows each
+    step dropped, one key per reason of :data:`DROP_REASONS` (below the threshold: the rows read
+    but not kept).
     """
     if log.rows_read == 0 and len(log) == 0:
         raise RecvaeError(f"{source}: no interactions to preprocess")
+    counts = dict.fromkeys(DROP_REASONS, 0)
+    counts["below_threshold"] = log.rows_read - len(log)
+    n = len(log)
     drop_duplicate_rows(log)
-    filter_rows_by_counts(log, min_item_users, min_user_items, iterate=iterate)
+    counts["duplicates"] = n - len(log)
+    filter_rows_by_counts(log, min_item_users, min_user_items, iterate=iterate, drops=counts)
+    if drops is not None:
+        drops.update(counts)
     if len(log) == 0:
         raise RecvaeError(
             f"{source}: no interactions left after preprocessing (threshold={threshold}, "
@@ -115,13 +143,30 @@ def preprocess_interactions(
 
 
 # =========================================================================== DataFrames
-def binarize(df: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+def binarize(
+    df: pd.DataFrame,
+    threshold: float | None,
+    *,
+    allow_negative: bool = False,
+    source: str = "the input",
+) -> pd.DataFrame:
     """Keep interactions with ``value > threshold`` as positives of value 1.
 
-    ``threshold=None`` keeps every interaction (e.g. MSD play counts, implicit logs).
+    ``threshold=None`` keeps every interaction (e.g. MSD play counts, implicit logs); a negative
+    value is then an error (it would count as a like) unless ``allow_negative``.
     """
+    values = df["value"].to_numpy()
     if threshold is not None:
-        df = df[df["value"].to_numpy() > threshold]
+        return df[values > threshold].assign(value=1.0)
+    negative = values < 0
+    if negative.any() and not allow_negative:
+        i = int(np.argmax(negative))
+        raise RecvaeError(
+            f"{source}: {int(negative.sum()):,} interaction(s) with a negative value (first: user "
+            f"{df['user'].iloc[i]}, item {df['item'].iloc[i]}, value {values[i]:g}); with "
+            "preprocess.threshold null every interaction is a positive: set a threshold, or "
+            "preprocess.allow_negative: true (--allow-negative) to keep them"
+        )
     return df.assign(value=1.0)
 
 
@@ -133,11 +178,17 @@ def drop_duplicates(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def filter_min_counts(
-    df: pd.DataFrame, min_item_users: int = 0, min_user_items: int = 5, *, iterate: bool = False
+    df: pd.DataFrame,
+    min_item_users: int = 0,
+    min_user_items: int = 5,
+    *,
+    iterate: bool = False,
+    drops: dict[str, int] | None = None,
 ) -> pd.DataFrame:
-    """The rows of ``df`` that :func:`filter_rows_by_counts` keeps."""
+    """The rows of ``df`` that :func:`filter_rows_by_counts` keeps; ``drops``, if given, gains
+    the interactions each filter dropped (keys ``min_item_users`` and ``min_user_items``)."""
     log = Interactions.from_frame(df, keep_rows=True)
-    filter_rows_by_counts(log, min_item_users, min_user_items, iterate=iterate)
+    filter_rows_by_counts(log, min_item_users, min_user_items, iterate=iterate, drops=drops)
     return df.iloc[log.rows]
 
 
@@ -148,12 +199,20 @@ def preprocess(
     min_item_users: int = 0,
     min_user_items: int = 5,
     iterate: bool = False,
+    allow_negative: bool = False,
     source: str = "the input",
+    drops: dict[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Binarize → drop duplicates → min-count filters; raises if nothing is left."""
+    """Binarize → drop duplicates → min-count filters; raises if nothing is left.
+
+    ``drops``, if given, is filled with the number of interactions each step dropped, one key
+    per reason of :data:`DROP_REASONS`.
+    """
     if df.empty:
         raise RecvaeError(f"{source}: no interactions to preprocess")
-    log = Interactions.from_frame(df, threshold=threshold, keep_rows=True)
+    log = Interactions.from_frame(
+        df, threshold=threshold, allow_negative=allow_negative, source=source, keep_rows=True
+    )
     preprocess_interactions(
         log,
         min_item_users=min_item_users,
@@ -161,5 +220,6 @@ def preprocess(
         iterate=iterate,
         threshold=threshold,
         source=source,
+        drops=drops,
     )
     return df.iloc[log.rows].assign(value=1.0)

@@ -358,12 +358,63 @@ def _existing(path: str | os.PathLike, expected: str, *, want_file: bool = False
     return p
 
 
+# What pyarrow's compression="detect" decompresses, by suffix, and how such a file starts.
+_COMPRESSED = {
+    ".gz": ("gzip", b"\x1f\x8b"),
+    ".bz2": ("bzip2", b"BZh"),
+    ".zst": ("zstd", b"\x28\xb5\x2f\xfd"),
+    ".lz4": ("lz4", b"\x04\x22\x4d\x18"),
+}
+_BOM = b"\xef\xbb\xbf"
+
+
+def _check_compressed(path: Path) -> str | None:
+    """The compression a suffix promises (None for plain text), checked against the file's
+    first bytes, so a plain file named ``.gz`` is one clear error, not zlib's."""
+    kind = _COMPRESSED.get(path.suffix.lower())
+    if kind is None:
+        return None
+    name, magic = kind
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as e:
+        raise RecvaeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head != magic:
+        found = "it is empty" if not head else f"it starts with {head!r}"
+        raise RecvaeError(
+            f"{path}: named {path.suffix} but not {name}-compressed ({found}); rename it without "
+            f"{path.suffix}, or compress it"
+        )
+    return name
+
+
 def _file_source(path: Path) -> _Source:
-    # compression="detect" decompresses .gz (and .bz2, .zst) by suffix, inside pyarrow.
-    return _Source(str(path), lambda: pa.input_stream(str(path), compression="detect"))
+    compression = _check_compressed(path)
+
+    @contextlib.contextmanager
+    def open_file() -> Iterator[Any]:
+        # compression="detect" decompresses by suffix (.gz, .bz2, .zst, .lz4), inside pyarrow,
+        # which raises OSError for a truncated or corrupt stream, wherever the parse is.
+        try:
+            with pa.input_stream(str(path), compression="detect") as f:
+                yield f
+        except OSError as e:
+            what = f"corrupt or truncated {compression} data" if compression else "cannot read"
+            raise RecvaeError(f"{path}: {what} ({_clip(str(e), 120)})") from None
+
+    return _Source(str(path), open_file)
 
 
-def _zip_source(path: Path, member: str) -> _Source:
+def _zip_source(path: Path, member: str, info: zipfile.ZipInfo) -> _Source:
+    if info.flag_bits & 0x1:
+        raise RecvaeError(f"{path}: {member} is encrypted; expected an unencrypted zip")
+    if info.compress_type not in _ZIP_METHODS:
+        raise RecvaeError(
+            f"{path}: {member} uses zip compression method {info.compress_type}, which Python "
+            f"cannot read; expected stored, deflate, bzip2 or lzma (re-zip it)"
+        )
+
     @contextlib.contextmanager
     def open_member() -> Iterator[Any]:
         try:
@@ -376,6 +427,7 @@ def _zip_source(path: Path, member: str) -> _Source:
 
 
 _ML_RATINGS = ("ratings.csv", "ratings.dat", "u.data")
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 def _movielens_ratings(path: Path) -> _Source:
@@ -397,13 +449,14 @@ def _movielens_ratings(path: Path) -> _Source:
         return _file_source(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            members = zf.namelist()
+            infos = {i.filename: i for i in zf.infolist()}
     except (zipfile.BadZipFile, OSError) as e:
         raise RecvaeError(f"{path}: not a valid zip file ({e})") from None
+    members = list(infos)
     for name in _ML_RATINGS:
         hits = sorted((m for m in members if m.rsplit("/", 1)[-1] == name), key=len)
         if hits:
-            return _zip_source(path, hits[0])
+            return _zip_source(path, hits[0], infos[hits[0]])
     listed = ", ".join(members[:8]) + (", ..." if len(members) > 8 else "")
     raise RecvaeError(
         f"{path}: the zip holds no MovieLens ratings file (ratings.csv, ratings.dat or u.data); "
@@ -417,6 +470,9 @@ def _first_line(src: _Source) -> str | None:
         head = f.read(1 << 16)
     if not head:
         return None
+    # A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name;
+    # pyarrow skips it in the data too.
+    head = head.removeprefix(_BOM)
     return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
 
 
@@ -625,12 +681,20 @@ def _netflix_batches(files: list[Path], max_bytes: int = 1 << 28) -> Iterator[li
 _MOVIE_LINE = re.compile(rb"(\d+):\r?")
 
 
+def _read_bytes(path: Path) -> bytes:
+    """A whole (small) file without its byte-order mark; an unreadable one is a RecvaeError."""
+    try:
+        return path.read_bytes().removeprefix(_BOM)
+    except OSError as e:
+        raise RecvaeError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def _read_netflix_batch(files: list[Path]) -> tuple[pa.Table, np.ndarray]:
     """Parse Netflix files as one buffer: (user, rating, date) per rating and each one's movie."""
     if len(files) == 1:
-        buf, offsets = files[0].read_bytes(), [0]
+        buf, offsets = _read_bytes(files[0]), [0]
     else:
-        datas = [f.read_bytes().rstrip() + b"\n" for f in files]
+        datas = [_read_bytes(f).rstrip() + b"\n" for f in files]
         offsets = np.cumsum([0] + [len(d) for d in datas[:-1]]).tolist()
         buf = b"".join(datas)
     labels = [str(f) for f in files]
@@ -846,19 +910,24 @@ def _read_text_table(src: _Source, wanted: list[str], sep: str, value_col: str |
 
 
 def _read_parquet(path: Path, wanted: list[str]) -> tuple[pa.Table, Where]:
+    compression = _check_compressed(path)
+    # pyarrow raises ArrowInvalid or OSError for a truncated or foreign file (at open, or only
+    # when a damaged row group is read); gzip raises EOFError or zlib.error.
+    errors = (pa.ArrowInvalid, OSError, EOFError, zlib.error)
     try:
-        if path.suffix.lower() == ".gz":
+        if compression == "gzip":
             with gzip.open(path, "rb") as f:
                 pfile = pq.ParquetFile(pa.BufferReader(f.read()))
         else:
             pfile = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        names = pfile.schema_arrow.names
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise RecvaeError(f"{path}: no column {missing[0]!r}; columns found: {names}")
+        table = pfile.read(columns=wanted)
+    except errors as e:
         raise RecvaeError(f"{path}: not a readable Parquet file ({_clip(str(e), 120)})") from None
-    names = pfile.schema_arrow.names
-    missing = [c for c in wanted if c not in names]
-    if missing:
-        raise RecvaeError(f"{path}: no column {missing[0]!r}; columns found: {names}")
-    return pfile.read(columns=wanted), lambda i: f"{path}, row {i + 1}"
+    return table, lambda i: f"{path}, row {i + 1}"
 
 
 def _ids(col: pa.ChunkedArray, name: str, where: Where) -> pa.ChunkedArray:

@@ -20,6 +20,9 @@ class PreprocessConfig:
     min_item_users: int = 0  # items with fewer users are dropped first
     min_user_items: int = 5  # then users with fewer items
     iterate: bool = False  # repeat both filters until stable (k-core)
+    # with threshold null, negative values are an error (they would count as positives)
+    # unless allowed here
+    allow_negative: bool = False
 
 
 @dataclass
@@ -40,12 +43,14 @@ class DataConfig:
     """Where the log is, how to read it, and where the dataset goes."""
 
     source: str
-    path: str
+    # metadata "path": a pipeline file's relative value is resolved against the file's folder
+    path: str = field(metadata={"path": "file"})
     name: str | None = None  # defaults to the file name without suffixes
     options: dict[str, Any] = field(default_factory=dict)  # reader options (e.g. column names)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    out: str | None = None  # dataset directory; defaults to runs/data/<name>
+    # dataset directory; defaults to runs/data/<name> (in the working directory)
+    out: str | None = field(default=None, metadata={"path": "file"})
 
     @property
     def dataset_name(self) -> str:

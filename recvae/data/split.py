@@ -25,13 +25,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recvae.data.dataset import Dataset, Part
-from recvae.data.interactions import Interactions, chunks, compact
+from recvae.data.interactions import Interactions, chunks, keys_to_csr
 from recvae.data.spec import SplitConfig
 from recvae.errors import RecvaeError
 
 log = logging.getLogger(__name__)
 
 SEED = 98765  # the reference notebook's seed, for both the user permutation and the fold-in
+MAX_SEED = 2**32 - 2  # RandomState's seeds are below 2**32, and the random split uses seed + 1
 _LOW = np.int64((1 << 32) - 1)
 
 Select = Callable[[int, int], np.ndarray]  # rows lo:hi -> which of them to take
@@ -40,44 +41,7 @@ Select = Callable[[int, int], np.ndarray]  # rows lo:hi -> which of them to take
 def _csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """Binary CSR with a 1 at each (row, col) pair."""
     keys = (np.asarray(rows, dtype=np.int64) << 32) | np.asarray(cols, dtype=np.int64)
-    return _keys_to_csr(keys, shape)
-
-
-def _keys_to_csr(keys: np.ndarray, shape: tuple[int, int], *, reuse: bool = False) -> sp.csr_matrix:
-    """The binary CSR of ``row << 32 | col`` keys, as ``sp.csr_matrix((ones, (rows, cols)))`` and
-    ``sum_duplicates`` build it (float32 ones, sorted indices, no duplicates, the same index
-    dtypes). Sorts ``keys`` in place: sorted keys are the matrix's entries in order.
-
-    With ``reuse`` the matrix is written over the keys' own buffer, column indices (int32) in its
-    first half and the ones (float32) in its second half, so the largest matrix of a split costs
-    no memory beyond the log it was cut from. (Not when that buffer is much longer than the keys:
-    the matrix would keep it all alive.)
-    """
-    keys.sort()
-    if len(keys) > 1 and any((keys[max(lo, 1) : hi] == keys[max(lo, 1) - 1 : hi - 1]).any()
-                             for lo, hi in chunks(len(keys))):
-        # the same pair twice (a source's train and test parts): keep one
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        keys = compact(keys, first)
-    n, (n_rows, n_cols) = len(keys), shape
-    index = np.int32 if max(n, n_rows, n_cols) < 2**31 else np.int64
-    indptr = np.searchsorted(keys, np.arange(n_rows + 1, dtype=np.int64) << 32).astype(index)
-    owner = keys
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if reuse and index is np.int32 and owner.nbytes <= 1.25 * keys.nbytes:
-        indices = keys.view(np.int32)[:n]
-        for lo, hi in chunks(n):  # chunk [lo, hi) lands on keys [lo/2, hi/2), already read
-            indices[lo:hi] = keys[lo:hi] & _LOW
-        values = keys.view(np.float32)[n:]  # keys [n/2, n), all read by now
-        values[:] = 1.0
-    else:
-        indices = np.empty(n, dtype=index)
-        for lo, hi in chunks(n):
-            indices[lo:hi] = keys[lo:hi] & _LOW
-        values = np.ones(n, dtype=np.float32)
-    return sp.csr_matrix((values, indices, indptr), shape=shape)
+    return keys_to_csr(keys, shape)
 
 
 def _matrix(
@@ -92,7 +56,7 @@ def _matrix(
     """CSR of the selected rows whose item has a column (``col_of_item`` ≥ 0), and their count.
 
     With ``spend`` the keys are written over the log's own buffer (each chunk lands at or before
-    where it was read) and the matrix over the keys (:func:`_keys_to_csr`); the log is spent.
+    where it was read) and the matrix over the keys (:func:`~recvae.data.interactions.keys_to_csr`); the log is spent.
     """
     def taken(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         p = data.pairs[lo:hi][select(lo, hi)]
@@ -110,7 +74,7 @@ def _matrix(
         n += len(cols)
     if spend:
         data.take_pairs()
-    return _keys_to_csr(keys[:n], shape, reuse=spend), n
+    return keys_to_csr(keys[:n], shape, reuse=spend), n
 
 
 def _first_appearance(data: Interactions, select: Select) -> np.ndarray:
@@ -215,7 +179,8 @@ def strong_generalization(
     Users (sorted ids) are permuted with ``RandomState(seed)``; the last ``n_heldout_users`` are
     test users, the ``n_heldout_users`` before them validation users, the rest training users.
     The items are those seen by training users, in order of first appearance; validation and
-    test interactions on other items are dropped; each evaluation user with ≥ 5 items gets
+    test interactions on other items are dropped (counted in ``manifest["drops"]
+    ["unknown_items"]``); each evaluation user with ≥ 5 items gets
     ``int(test_prop · n)`` held-out targets, the rest is the fold-in.
     """
     if n_heldout_users <= 0:
@@ -272,7 +237,7 @@ def strong_generalization(
     manifest = _manifest(
         "strong", method="strong", n_heldout_users=n_heldout_users, test_prop=test_prop, seed=seed
     )
-    manifest["dropped_unknown_item_interactions"] = dropped
+    manifest["drops"] = {"unknown_items": dropped}
     return Dataset(
         train=train,
         train_users=perm[:n_train].astype(np.int64),
@@ -287,7 +252,11 @@ def strong_generalization(
 def _weak_dataset(
     data: Interactions, is_test: np.ndarray, validation_prop: float, seed: int, manifest: dict
 ) -> Dataset:
-    """Weak-generalization Dataset from a per-row test mask; validation carved from training rows."""
+    """Weak-generalization Dataset from a per-row test mask; validation carved from training rows.
+
+    Test rows on items no training row has are dropped (``manifest["drops"]["unknown_items"]``):
+    no model can score an item outside its training vocabulary.
+    """
     if not 0.0 < validation_prop < 1.0:
         raise RecvaeError(f"split.validation_prop must be in (0, 1), got {validation_prop}")
     present, user_index = _users_present(data)
@@ -322,7 +291,7 @@ def _weak_dataset(
     history, _ = matrix(training)
     test, n_test = matrix(lambda lo, hi: is_test[lo:hi])
     users = np.arange(n_users, dtype=np.int64)
-    manifest = {**manifest, "dropped_unknown_item_interactions": int(is_test.sum() - n_test)}
+    manifest = {**manifest, "drops": {"unknown_items": int(is_test.sum() - n_test)}}
     manifest["split"] = {**manifest["split"], "validation_prop": validation_prop, "seed": seed}
     return Dataset(
         train=train,
@@ -474,4 +443,7 @@ def apply_split(data: pd.DataFrame | Interactions, s: SplitConfig) -> Dataset:
         raise RecvaeError(
             f"data.split.method: unknown split {s.method!r}; expected one of {', '.join(SPLITS)}"
         )
+    # numpy's RandomState takes [0, 2**32); the random split also draws with seed + 1
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:
+        raise RecvaeError(f"data.split.seed: expected an integer in [0, {MAX_SEED}], got {s.seed!r}")
     return SPLITS[s.method](data, s)

@@ -34,8 +34,9 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import scipy.sparse as sp
 
-from recvae.data.interactions import Interactions, InteractionsBuilder
+from recvae.data.interactions import Interactions, InteractionsBuilder, SeenBuilder
 from recvae.data.sources import (
     TABLE_FORMATS,
     _clip,
@@ -63,9 +64,15 @@ class TablePart:
 
 
 def read_interactions(
-    source: str, path: str | os.PathLike, *, threshold: float | None, **options: Any
+    source: str,
+    path: str | os.PathLike,
+    *,
+    threshold: float | None,
+    allow_negative: bool = False,
+    **options: Any,
 ) -> Interactions:
-    """Positive interactions (``value > threshold``; all rows for None) of the source at ``path``.
+    """Positive interactions (``value > threshold``; all rows for None, where a negative value is
+    an error unless ``allow_negative``) of the source at ``path``.
 
     The ``table`` source streams (:func:`scan_table`); the others go through their DataFrame
     reader (:data:`recvae.data.sources.SOURCES`).
@@ -77,14 +84,53 @@ def read_interactions(
     """
     check_options(source, options)
     if source == "table":
-        return scan_table(path, threshold=threshold, **options)
-    return Interactions.from_frame(read_source(source, path), threshold=threshold)
+        return scan_table(path, threshold=threshold, allow_negative=allow_negative, **options)
+    return Interactions.from_frame(
+        read_source(source, path), threshold=threshold, allow_negative=allow_negative,
+        source=str(path),
+    )
+
+
+def read_seen(
+    source: str,
+    path: str | os.PathLike,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    *,
+    rows: int | None = None,
+    **options: Any,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Every (user, item) pair of the source at ``path``, whatever its value, over a dataset's
+    users and items: (bool CSR, ids of the log's other users), as :class:`SeenBuilder` says.
+
+    A second read of the log the dataset was built from: the ``table`` source streams its user
+    and item columns only. ``rows``, if given, is the number of rows the first read found; a
+    different number means the source changed in between, an error.
+    """
+    check_options(source, options)
+    if source == "table":
+        builder = SeenBuilder(user_ids, item_ids)
+        for user, item in _table_batches(path, **{**options, "value_col": None, "timestamp_col": None}):
+            builder.add(user, item)
+        pa.default_memory_pool().release_unused()
+        n, (seen, others) = builder.rows_read, builder.finish()
+    else:
+        raw = read_source(source, path)
+        n = len(raw)
+        seen, others = SeenBuilder.from_frame(raw, user_ids, item_ids)
+    if rows is not None and n != rows:
+        raise RecvaeError(
+            f"{path}: {n:,} rows now, {rows:,} when it was first read: the source changed during "
+            "ingest; ingest again"
+        )
+    return seen, others
 
 
 def scan_table(
     path: str | os.PathLike,
     *,
     threshold: float | None,
+    allow_negative: bool = False,
     user_col: str = "user",
     item_col: str = "item",
     value_col: str | None = None,
@@ -93,12 +139,42 @@ def scan_table(
     format: str | None = None,
 ) -> Interactions:
     """Interactions of a table file or a folder of parts (see the module docstring), keeping
-    rows with ``value > threshold``. Options as in :func:`recvae.data.sources.read_table`.
+    rows with ``value > threshold`` (negative values under None need ``allow_negative``).
+    Options as in :func:`recvae.data.sources.read_table`.
 
     Example::
 
         log = scan_table("runs/spark/events/", threshold=None, user_col="u", item_col="i")
     """
+    builder = InteractionsBuilder(
+        threshold=threshold, allow_negative=allow_negative, source=str(path),
+        with_timestamp=timestamp_col is not None,
+    )
+    for user, item, *rest in _table_batches(
+        path, user_col=user_col, item_col=item_col, value_col=value_col,
+        timestamp_col=timestamp_col, sep=sep, format=format,
+    ):
+        builder.add(user, item, rest[0] if value_col is not None else None,
+                    timestamp=rest[-1] if timestamp_col is not None else None)
+    # Arrow's allocator keeps the pages of the last record batches for reuse; hand them back
+    # before the log's blocks are joined into one array.
+    pa.default_memory_pool().release_unused()
+    return builder.finish()
+
+
+def _table_batches(
+    path: str | os.PathLike,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    value_col: str | None = None,
+    timestamp_col: str | None = None,
+    sep: str | None = None,
+    format: str | None = None,
+) -> Iterator[tuple[Any, ...]]:
+    """(user, item[, value][, timestamp]) columns of a table file or folder of parts, a batch at
+    a time: ids as arrow arrays, values float64 and timestamps int64 numpy arrays. Raises if
+    there are no rows at all."""
     root = Path(path)
     wanted = [user_col, item_col] + [c for c in (value_col, timestamp_col) if c is not None]
     if len(set(wanted)) < len(wanted):
@@ -108,29 +184,20 @@ def scan_table(
         roles[value_col] = "value"
     if timestamp_col is not None:
         roles[timestamp_col] = "timestamp"
-    builder = InteractionsBuilder(threshold=threshold, with_timestamp=timestamp_col is not None)
     parts = find_parts(root, format)
     kinds: dict[str, tuple[str, TablePart, pa.DataType]] = {}
+    n = 0
     for part in parts:
         if part.format == "parquet" and not part.path.name.lower().endswith(".gz"):
             batches = _parquet_batches(part, roles, kinds)
         else:
             batches = _text_batches(part, user_col, item_col, value_col, timestamp_col, sep)
         for cols in batches:
-            builder.add(
-                cols[user_col],
-                cols[item_col],
-                None if value_col is None else cols[value_col],
-                timestamp=None if timestamp_col is None else cols[timestamp_col],
-            )
-    # Arrow's allocator keeps the pages of the last record batches for reuse; hand them back
-    # before the log's blocks are joined into one array.
-    pa.default_memory_pool().release_unused()
-    interactions = builder.finish()
-    if interactions.rows_read == 0:
+            n += len(cols[user_col])
+            yield tuple(cols[c] for c in wanted)
+    if n == 0:
         what = "empty file" if root.is_file() else f"the {len(parts)} part file(s) are empty"
         raise RecvaeError(f"{root}: {what} (no interactions)")
-    return interactions
 
 
 # =========================================================================== parts

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+from typing import Any
 
 from recvae.errors import RecvaeError
 from recvae.models.base import EpochReport, NotFittedError, Recommender
@@ -31,9 +33,35 @@ def model_class(name: str) -> type[Recommender]:
     return getattr(importlib.import_module(module), cls)
 
 
+def create_model(name: str, params: dict[str, Any], *, where: str = "model") -> Recommender:
+    """A model of the registered ``name`` built from ``params`` (not fitted).
+
+    Unknown parameters, wrong types and bad values are RecvaeErrors starting with ``where``
+    (a config key path, a saved model's JSON file).
+    """
+    try:
+        cls = model_class(name)
+    except RecvaeError as e:
+        raise RecvaeError(f"{where}: {e}") from None
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in params if k not in fields]
+    if unknown:
+        raise RecvaeError(
+            f"{where}: unknown parameter {unknown[0]!r} for {name}; "
+            f"expected one of {', '.join(sorted(fields))}"
+        )
+    try:
+        return cls(**params)
+    except (RecvaeError, TypeError) as e:  # TypeError: a value of a type the checks did not expect
+        raise RecvaeError(f"{where}: {e}") from None
+
+
 def load_model(path: str | os.PathLike) -> Recommender:
     """Load any saved recvae model directory."""
     return Recommender.load(path)
 
 
-__all__ = ["MODEL_NAMES", "EpochReport", "NotFittedError", "Recommender", "load_model", "model_class"]
+__all__ = [
+    "MODEL_NAMES", "EpochReport", "NotFittedError", "Recommender", "create_model", "load_model",
+    "model_class",
+]

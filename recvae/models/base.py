@@ -22,9 +22,10 @@ import scipy.sparse as sp
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.io import atomic_dir
+from recvae.io import atomic_dir, load_npy, read_json, read_parquet_column
 
 MODEL_FILE = "recvae_model.json"
+MODEL_FORMAT = 1
 
 
 @dataclass
@@ -65,6 +66,9 @@ class Recommender(ABC):
     trains_in_epochs: ClassVar[bool] = False
     item_ids_: np.ndarray | None = field(default=None, init=False, repr=False)
     best_epoch_: int | None = field(default=None, init=False, repr=False)
+    #: Per-epoch metrics of the training that produced the model (``{"epoch": e, ...}``, the
+    #: epochs restored from a checkpoint included); empty for models fitted in one go.
+    history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
 
     # -------------------------------------------------------------- contract
     @abstractmethod
@@ -132,7 +136,7 @@ class Recommender(ABC):
         """Write the model (config, item vocabulary, learned state) to a directory, atomically."""
         self._check_fitted()
         with atomic_dir(path) as tmp:
-            meta = {"model": self.name, "params": self.params(), "format": 1}
+            meta = {"model": self.name, "params": self.params(), "format": MODEL_FORMAT}
             (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
             pd.DataFrame({"item_id": self.item_ids_}).to_parquet(tmp / "items.parquet", index=False)
             self._save_state(tmp)
@@ -145,11 +149,10 @@ class Recommender(ABC):
         meta = read_model_meta(root)
         if cls is not Recommender and meta["model"] != cls.name:
             raise RecvaeError(f"{root}: holds a {meta['model']!r} model, expected {cls.name!r}")
-        from recvae.models import model_class
+        from recvae.models import create_model
 
-        klass = model_class(meta["model"])
-        model = klass(**meta["params"])
-        model.item_ids_ = pd.read_parquet(root / "items.parquet")["item_id"].to_numpy()
+        model = create_model(meta["model"], meta["params"], where=str(root / MODEL_FILE))
+        model.item_ids_ = read_parquet_column(root / "items.parquet", "item_id")
         model._load_state(root)
         return model
 
@@ -171,14 +174,38 @@ class Recommender(ABC):
 
 
 def read_model_meta(root: Path) -> dict[str, Any]:
-    """The ``recvae_model.json`` of a saved model directory."""
+    """The ``recvae_model.json`` of a saved model directory, its fields checked."""
     mpath = root / MODEL_FILE
     if not mpath.is_file():
         raise RecvaeError(f"{root}: not a saved recvae model (no {MODEL_FILE})")
-    try:
-        return json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise RecvaeError(f"{mpath}: invalid JSON ({e})") from None
+    meta = read_json(mpath, "a recvae model description")
+    if meta.get("format") != MODEL_FORMAT:
+        raise RecvaeError(
+            f"{mpath}: format: model format {meta.get('format')!r}, expected {MODEL_FORMAT}; "
+            "save the model again with this version"
+        )
+    if not isinstance(meta.get("model"), str):
+        raise RecvaeError(f"{mpath}: model: expected a model name, got {meta.get('model')!r}")
+    if not isinstance(meta.get("params"), dict):
+        raise RecvaeError(f"{mpath}: params: expected a mapping, got {meta.get('params')!r}")
+    return meta
+
+
+def load_state_array(path: Path, model: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A learned array saved by ``_save_state`` (never unpickled), which must hold floats of
+    ``shape`` (``None``: any length): a file from another model or dataset is one error naming it.
+    """
+    shown = "(" + ", ".join("*" if n is None else str(n) for n in shape) + ")"
+    array = load_npy(path, f"the {model} state array of shape {shown}")
+    fits = array.ndim == len(shape) and all(
+        n is None or n == m for n, m in zip(shape, array.shape, strict=True)
+    )
+    if not fits or array.dtype.kind != "f":
+        raise RecvaeError(
+            f"{path}: {array.dtype} array of shape {array.shape}; expected floats of shape {shown} "
+            f"(a {model} over the {shape[0]} items of items.parquet)"
+        )
+    return array
 
 
 def training_matrix(dataset: Dataset, model: str) -> sp.csr_matrix:

@@ -25,7 +25,14 @@ import torch
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.models.base import Callback, Recommender, report_fit_seconds, training_matrix
+from recvae.io import save_npy
+from recvae.models.base import (
+    Callback,
+    Recommender,
+    load_state_array,
+    report_fit_seconds,
+    training_matrix,
+)
 from recvae.models.params import check_choice, check_real
 
 DTYPES = ("float64", "float32")
@@ -81,10 +88,10 @@ class EASE(Recommender):
 
     def _save_state(self, path: Path) -> None:
         assert self.B_ is not None
-        np.save(path / "B.npy", self.B_)
+        save_npy(path / "B.npy", self.B_)
 
     def _load_state(self, path: Path) -> None:
-        self.B_ = np.load(path / "B.npy", allow_pickle=False)
+        self.B_ = load_state_array(path / "B.npy", self.name, (self.n_items, self.n_items))
 
 
 def ease_weights(x: sp.csr_matrix, l2: float, dtype: np.dtype) -> np.ndarray:

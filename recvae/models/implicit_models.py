@@ -9,6 +9,8 @@ scores a user from the fold-in history alone, the way implicit scores a user it 
 
 implicit runs its own OpenMP threads (``num_threads``, 0 = all cores); BLAS is held to one thread
 around its calls, as implicit asks, because nested BLAS threads slow it down several times.
+ALS and BPR are seeded (``random_state``, default 98765) so that a pipeline gives the same
+metrics run after run on a CPU; BPR defaults to one thread for that (see ``BPR``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from threadpoolctl import threadpool_limits
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
+from recvae.io import load_npz, save_npy
 from recvae.models.base import (
     Callback,
     EpochReport,
     Recommender,
+    load_state_array,
     report_all,
     report_fit_seconds,
     training_matrix,
@@ -59,7 +63,9 @@ class _FactorModel(Recommender):
     factors: int = 100
     regularization: float = 0.01
     iterations: int = 15
-    random_state: int | None = None
+    # seeded by default, like the autoencoders: the same data gives the same model (None: a
+    # fresh draw each fit)
+    random_state: int | None = 98765
     num_threads: int = 0
     use_gpu: bool = False
     item_factors_: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
@@ -90,12 +96,18 @@ class _FactorModel(Recommender):
         resume: bool = False,
     ) -> _FactorModel:
         """Fit implicit's model on ``dataset.train``; each epoch is reported to ``callbacks``."""
+        from tqdm.auto import tqdm
+
         train = sp.csr_matrix(training_matrix(dataset, self.name), dtype=np.float32)
         _check_gpu(self.name, self.use_gpu)
-        with threadpool_limits(1, "blas"):
+        # implicit's own bar has no label: ours is named, shown only on a terminal, then cleared
+        bar = tqdm(total=self.iterations, desc=self.name, unit="epoch", leave=False,
+                   disable=None if show_progress else True)
+        with bar, threadpool_limits(1, "blas"):
             model = self._implicit_model()
             model.fit(
-                train, show_progress=show_progress, callback=self._epoch_callback(train, callbacks)
+                train, show_progress=False,
+                callback=self._epoch_callback(train, [*callbacks, lambda _: bar.update()]),
             )
         if self.use_gpu:
             model = model.to_cpu()
@@ -106,10 +118,12 @@ class _FactorModel(Recommender):
 
     def _save_state(self, path: Path) -> None:
         assert self.item_factors_ is not None
-        np.save(path / "item_factors.npy", self.item_factors_)
+        save_npy(path / "item_factors.npy", self.item_factors_)
 
     def _load_state(self, path: Path) -> None:
-        self.item_factors_ = np.load(path / "item_factors.npy", allow_pickle=False)
+        # columns: the factors (implicit may pad them on a GPU), + BPR's item bias
+        shape = (self.n_items, None)
+        self.item_factors_ = load_state_array(path / "item_factors.npy", self.name, shape)
         self._fold_in_cache = None
 
 
@@ -120,9 +134,10 @@ class ALS(_FactorModel):
     Training values are multiplied by ``alpha`` to give the confidences (implicit's own
     ``alpha``: C = alpha · X on the observed entries). Other fields are implicit's
     (``factors``, ``regularization``, ``iterations``, ``calculate_training_loss``,
-    ``random_state``, ``num_threads``, ``use_gpu``) with its defaults, except ``use_gpu=False``.
-    A fold-in row is scored by implicit's ``recalculate_user`` (the exact least-squares user
-    factor given the item factors), so training and new users are treated alike.
+    ``random_state``, ``num_threads``, ``use_gpu``) with its defaults, except ``use_gpu=False``
+    and a fixed ``random_state``, so a fit is reproducible (with any ``num_threads``). A fold-in
+    row is scored by implicit's ``recalculate_user`` (the exact least-squares user factor given
+    the item factors), so training and new users are treated alike.
 
     Example::
 
@@ -191,8 +206,9 @@ class BPR(_FactorModel):
 
     Fields are implicit's (``factors``, ``learning_rate``, ``regularization``, ``iterations``,
     ``verify_negative_samples``, ``random_state``, ``num_threads``, ``use_gpu``) with its
-    defaults, except ``use_gpu=False``. implicit's SGD is Hogwild over ``num_threads`` threads, so
-    a fixed ``random_state`` reproduces a fit exactly only with ``num_threads=1``.
+    defaults, except ``use_gpu=False`` and ``num_threads=1``: implicit's SGD is Hogwild over
+    ``num_threads`` threads (0 = all cores), whose races make each fit different, so only one
+    thread reproduces a fit exactly from ``random_state`` (ALS is exact with any thread count).
 
     Fold-in: BPR learns no way to embed a new user, and implicit does not support
     ``recalculate_user`` for it. A fold-in row x (n_items,) is embedded ALS-style, by ridge
@@ -212,6 +228,7 @@ class BPR(_FactorModel):
     """
 
     name: ClassVar[str] = "bpr"
+    num_threads: int = 1  # reproducible (see above); 0 uses every core, not reproducibly
     learning_rate: float = 0.01
     iterations: int = 100
     verify_negative_samples: bool = True
@@ -318,7 +335,7 @@ class ItemKNN(Recommender):
         with warnings.catch_warnings():
             # implicit hands its own re-weighted COO matrix to all_pairs_knn, then warns about it
             warnings.simplefilter("ignore", ParameterWarning)
-            model.fit(train, show_progress=show_progress)
+            model.fit(train, show_progress=False)  # one pass, seconds at most: no unlabeled bar
         self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
         self.item_ids_ = dataset.item_ids
         report_fit_seconds(callbacks, start)
@@ -333,4 +350,10 @@ class ItemKNN(Recommender):
         sp.save_npz(path / "similarity.npz", self.similarity_, compressed=False)
 
     def _load_state(self, path: Path) -> None:
-        self.similarity_ = sp.load_npz(path / "similarity.npz").tocsr()
+        similarity = load_npz(path / "similarity.npz", f"the {self.name} similarity matrix")
+        if similarity.shape != (self.n_items, self.n_items):
+            raise RecvaeError(
+                f"{path / 'similarity.npz'}: shape {similarity.shape}; expected "
+                f"{(self.n_items, self.n_items)} (the items of items.parquet)"
+            )
+        self.similarity_ = similarity

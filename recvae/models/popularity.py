@@ -16,7 +16,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from recvae.data.dataset import Dataset
-from recvae.models.base import Callback, Recommender, report_fit_seconds, training_matrix
+from recvae.io import save_npy
+from recvae.models.base import (
+    Callback,
+    Recommender,
+    load_state_array,
+    report_fit_seconds,
+    training_matrix,
+)
 
 
 @dataclass
@@ -61,7 +68,7 @@ class Popularity(Recommender):
 
     def _save_state(self, path: Path) -> None:
         assert self.counts_ is not None
-        np.save(path / "counts.npy", self.counts_)
+        save_npy(path / "counts.npy", self.counts_)
 
     def _load_state(self, path: Path) -> None:
-        self.counts_ = np.load(path / "counts.npy", allow_pickle=False)
+        self.counts_ = load_state_array(path / "counts.npy", self.name, (self.n_items,))

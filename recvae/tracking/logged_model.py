@@ -52,3 +52,41 @@ def pip_requirements() -> list[str]:
         except PackageNotFoundError:
             reqs.append(pkg)
     return reqs
+
+
+def log_pyfunc(
+    client: mlflow.MlflowClient, uri: str, experiment_id: str, run_id: str, *, model_dir: str,
+    name: str, k: int, example: pd.DataFrame, registered_model_name: str | None,
+    metadata: dict[str, str],
+) -> mlflow.models.model.ModelInfo:
+    """Log the saved recvae model in ``model_dir`` as the pyfunc :class:`recvae.pyfunc.RecvaeTopK`
+    of run ``run_id``, without MLflow's active-run state (the tracker may be replaying a run
+    long after it ended): the LoggedModel is created in the run's experiment explicitly."""
+    import warnings
+
+    from mlflow.models import Model
+
+    from recvae.pyfunc import MODEL_DIR_ARTIFACT, RecvaeTopK
+    from recvae.tracking.store import set_tracking_uri
+
+    set_tracking_uri(uri)  # Model.log and its finalisation use the process-wide URI
+    params = client.get_run(run_id).data.params
+    logged = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id, params=params,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's integer-column schema hint
+        return Model.log(
+            artifact_path=None,  # deprecated for ``name``, still a required argument
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=RecvaeTopK(),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            signature=signature(k),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            registered_model_name=registered_model_name,
+            metadata=metadata,
+        )

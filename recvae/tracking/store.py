@@ -5,26 +5,30 @@ Example::
 
     uri = resolve_tracking_uri(config_uri)   # MLFLOW_TRACKING_URI, else the config, else ./mlflow.db
     check_tracking_server(uri)               # fails fast, before any training
+    client = open_store(uri)                 # a new SQLite store is created under a file lock
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 
 DEFAULT_TRACKING_DB = "mlflow.db"
 MAX_DIGEST = 36  # MLflow's dataset digest column
+PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
 def resolve_tracking_uri(config_uri: str | None = None) -> str:
@@ -40,36 +44,131 @@ def resolve_tracking_uri(config_uri: str | None = None) -> str:
 def check_tracking_server(uri: str, *, timeout: float = 3.0) -> None:
     """Fail fast, before any training, when the tracking store cannot be used.
 
-    http(s): GET ``<uri>/health`` with a short timeout; any HTTP answer below 500 counts as up
-    (a 401/404 comes from a live server, and MLflow itself will report auth problems).
+    http(s): ``GET <uri>/api/2.0/mlflow/experiments/search`` with a short timeout must answer
+    as MLflow does: JSON, or 401/403 from a server that wants credentials (MLflow itself reports
+    those later). A web server that is not MLflow (an HTML page, a 404) is refused in one line.
     ``sqlite:///path``: the database's directory must exist.
     """
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     if scheme in ("http", "https"):
-        url = uri.rstrip("/") + "/health"
+        url = uri.rstrip("/") + PROBE_ENDPOINT
         hint = "start it with `mlflow server` or unset MLFLOW_TRACKING_URI"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
-                resp.read(64)
+                status, ctype, body = resp.status, resp.headers.get("Content-Type", ""), resp.read(4096)
         except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                return
             if e.code >= 500:
                 raise RecvaeError(
-                    f"MLflow tracking server at {uri} is unhealthy: HTTP {e.code} from /health; "
-                    f"{hint}"
+                    f"MLflow tracking server at {uri} is unhealthy: HTTP {e.code} from "
+                    f"{PROBE_ENDPOINT}; {hint}"
                 ) from None
+            status, ctype, body = e.code, e.headers.get("Content-Type", ""), e.read(4096)
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise RecvaeError(
                 f"MLflow tracking server at {uri} is unreachable: {reason}; {hint}"
             ) from None
+        if not _mlflow_answer(body):
+            kind = ctype.split(";")[0].strip() or "no content type"
+            raise RecvaeError(
+                f"{uri} is not an MLflow tracking server: GET {PROBE_ENDPOINT} answered HTTP "
+                f"{status} ({kind}) instead of MLflow's JSON; check MLFLOW_TRACKING_URI or "
+                "tracking.uri"
+            )
     elif scheme == "sqlite":
-        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
-        if path and path != ":memory:":
-            parent = Path(path).expanduser().resolve().parent
+        path = sqlite_path(uri)
+        if path is not None:
+            parent = path.parent
             if not parent.is_dir():
                 raise RecvaeError(
                     f"MLflow tracking database {uri}: directory {parent} does not exist"
                 )
+
+
+def _mlflow_answer(body: bytes) -> bool:
+    """MLflow's REST API answers a JSON object: the result, or an ``error_code``."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and ("experiments" in doc or "error_code" in doc or not doc)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other URIs and in-memory ones)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///") :]
+    if db in ("", ":memory:"):
+        return None
+    return Path(db).expanduser().resolve()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout: float = 600.0) -> Iterator[None]:
+    """Serialise the creation of a SQLite store (MLflow's schema migrations) and of experiments
+    in it across processes: two pipelines started together on a fresh folder otherwise race
+    (``table experiments already exists``, ``duplicate column name: step``). A no-op for other
+    stores, whose server serialises. The lock file sits beside the database."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import filelock
+
+    lock = filelock.FileLock(str(db.parent / f".{db.name}.lock"))
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise RecvaeError(
+            f"{lock.lock_file}: another process has been setting up the MLflow store {uri} for "
+            f"{timeout:.0f} s; is it stuck?"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client of ``uri`` whose store exists: a new SQLite database is created (and an old
+    one upgraded) under :func:`store_lock`. MLflow caches the store per URI, so only the first
+    call in a process pays."""
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # builds the store (tables, migrations) now
+    return client
+
+
+def ensure_experiment(
+    client: MlflowClient, uri: str, name: str, artifact_location: str | None = None
+) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``, default
+    :func:`default_artifact_location`) when missing, under :func:`store_lock`."""
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(uri):
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return client.create_experiment(
+                    name, artifact_location=artifact_location or default_artifact_location(uri, name)
+                )
+            except MlflowException as e:  # created meanwhile by a pipeline on another host
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+    if found.lifecycle_stage == "deleted":
+        raise RecvaeError(
+            f"MLflow experiment {name!r} in {uri} is deleted; restore it with `mlflow experiments "
+            "restore` or choose another with tracking.experiment"
+        )
+    return found.experiment_id
+
 
 def default_artifact_location(uri: str, experiment: str) -> str | None:
     """Where a new experiment's artifacts go: for ``sqlite:///dir/mlflow.db``,

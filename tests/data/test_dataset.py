@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recvae.data.dataset import FORMAT_VERSION, Dataset, Part
+from recvae.data import dataset as dataset_module
+from recvae.data.dataset import FILES, FORMAT_VERSION, Dataset, Part
 from recvae.data.split import random_holdout, strong_generalization
 from recvae.errors import RecvaeError
+from recvae.io import sha256_file
 
 MATRICES = ("train", "validation_fold_in", "validation_holdout", "test_fold_in", "test_holdout")
 
@@ -163,10 +165,82 @@ def test_load_wrong_format(strong: Dataset, tmp_path: Path) -> None:
         Dataset.load(path)
 
 
+def test_seen_pairs_round_trip(strong: Dataset, tmp_path: Path) -> None:
+    users, full = strong.full_history()
+    seen = sp.vstack([full.astype(bool), sp.csr_matrix(([True], ([0], [3])), shape=(2, strong.n_items))])
+    with_seen = Dataset(**{**strong.__dict__, "seen": seen.tocsr(),
+                           "dropped_user_ids": np.array(["x1", "x2"], dtype=object)})
+    path = with_seen.save(tmp_path / "ds")
+    assert {"seen.npz", "dropped_users.parquet"} <= {p.name for p in path.iterdir()}
+    loaded = Dataset.load(path)
+    assert loaded.seen.dtype == np.bool_ and (loaded.seen != with_seen.seen).nnz == 0
+    assert loaded.raw_user_ids.tolist() == [*strong.user_ids.tolist(), "x1", "x2"]
+    assert loaded.for_refit().seen is loaded.seen
+    # a dataset built without the raw log (no seen pairs) loads without them
+    plain = Dataset.load(strong.save(tmp_path / "plain"))
+    assert plain.seen is None and len(plain.dropped_user_ids) == 0
+    assert_same(plain, strong)
+    bad = Dataset(**{**with_seen.__dict__, "seen": seen[:-1].tocsr()})
+    with pytest.raises(RecvaeError, match=r"dataset seen: shape .*expected \(\d+, \d+\)"):
+        bad.save(tmp_path / "bad")
+
+
+def test_training_history_leaves_out_the_targets(strong: Dataset, weak: Dataset) -> None:
+    # strong: both parts' targets; weak: the test targets (validation targets are training rows)
+    for ds, targets in ((strong, strong.validation.holdout.nnz + strong.test.holdout.nnz),
+                        (weak, weak.test.holdout.nnz)):
+        users, full = ds.full_history()
+        t_users, train = ds.training_history()
+        assert set(t_users.tolist()) <= set(users.tolist())
+        assert (train > full[np.searchsorted(users, t_users)]).nnz == 0  # a subset
+        assert full.nnz - train.nnz == targets
+    users, train = strong.training_history()
+    rows = np.searchsorted(users, strong.test.users)
+    assert (train[rows] != strong.test.fold_in).nnz == 0  # evaluation users: their fold-in
+
+
 def test_load_with_a_missing_file(strong: Dataset, tmp_path: Path) -> None:
     path = strong.save(tmp_path / "ds")
     (path / "test_holdout.npz").unlink()
     with pytest.raises(RecvaeError, match=r"test_holdout\.npz"):
+        Dataset.load(path)
+
+
+def test_manifest_records_every_file(strong: Dataset, tmp_path: Path) -> None:
+    path = strong.save(tmp_path / "ds")
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    assert set(files) == set(FILES) == {p.name for p in path.iterdir()} - {"manifest.json"}
+    for name, entry in files.items():
+        assert entry == {"bytes": (path / name).stat().st_size, "sha256": sha256_file(path / name)}
+
+
+def test_tampered_files_are_refused(strong: Dataset, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = strong.save(tmp_path / "ds")
+    train = path / "train.npz"
+    good = train.read_bytes()
+    train.write_bytes(good + b"\0")
+    with pytest.raises(RecvaeError, match=r"train\.npz: [\d,]+ bytes, the manifest records [\d,]+"):
+        Dataset.load(path)
+    flipped = bytearray(good)
+    flipped[-50] ^= 1
+    train.write_bytes(bytes(flipped))
+    with pytest.raises(RecvaeError, match=r"train\.npz: contents differ from the sha256"):
+        Dataset.load(path)
+    # a big file is re-hashed only when asked; its size is always checked
+    monkeypatch.setattr(dataset_module, "ALWAYS_HASH_BYTES", 0)
+    assert Dataset.load(path).n_items == strong.n_items
+    with pytest.raises(RecvaeError, match=r"train\.npz: contents differ from the sha256"):
+        Dataset.load(path, verify=True)
+
+
+def test_edited_counts_are_refused(strong: Dataset, tmp_path: Path) -> None:
+    path = strong.save(tmp_path / "ds")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["counts"]["test_users"] = True  # JSON true == 1 in Python: must not pass for a count
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecvaeError, match=r"manifest\.json: counts\.test_users is True but the "
+                       r"dataset's arrays give 20"):
         Dataset.load(path)
 
 
@@ -195,7 +269,7 @@ def test_summary_counts(strong: Dataset, weak: Dataset, positives: pd.DataFrame)
     assert s["items"] == strong.n_items
     assert s["train_users"] == s["users"] - 40
     assert s["validation_users"] == s["test_users"] == 20
-    assert s["interactions"] == len(positives) - strong.manifest["dropped_unknown_item_interactions"]
+    assert s["interactions"] == len(positives) - strong.manifest["drops"]["unknown_items"]
     assert s["test_holdout_interactions"] == strong.test.holdout.nnz
     assert s["test_users_with_targets"] == int((np.diff(strong.test.holdout.indptr) > 0).sum())
     assert 0 < s["test_users_with_targets"] <= 20
@@ -203,7 +277,7 @@ def test_summary_counts(strong: Dataset, weak: Dataset, positives: pd.DataFrame)
     w = weak.summary()
     assert w["protocol"] == "weak"
     assert w["train_users"] == w["validation_users"] == w["test_users"] == w["users"]
-    assert w["interactions"] == len(positives) - weak.manifest["dropped_unknown_item_interactions"]
+    assert w["interactions"] == len(positives) - weak.manifest["drops"]["unknown_items"]
     assert w["validation_fold_in_interactions"] == w["train_interactions"]
 
 

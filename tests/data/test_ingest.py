@@ -15,7 +15,7 @@ import pytest
 from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
 from recvae.data import ingest as ingest_module
 from recvae.data.dataset import Dataset
-from recvae.data.ingest import cache_key, ingest, source_digest
+from recvae.data.ingest import cache_key, drop_lines, ingest, source_digest
 from recvae.data.split import apply_split
 from recvae.errors import RecvaeError
 
@@ -40,13 +40,38 @@ def test_ingest_bundled_movielens(ml_small_zip: Path, ml_small_ratings: pd.DataF
     counts = pos["userId"].value_counts()
     kept = pos[pos["userId"].isin(counts.index[counts >= 5])]
     assert ds.n_users == kept["userId"].nunique() == 603
-    assert ds.summary()["interactions"] + ds.manifest["dropped_unknown_item_interactions"] == len(kept)
+    assert ds.summary()["interactions"] + ds.manifest["drops"]["unknown_items"] == len(kept)
     assert ds.manifest["raw_interactions"] == len(ml_small_ratings) == 100_836
     assert ds.manifest["positive_interactions"] == len(kept)
     assert ds.manifest["name"] == "ml-latest-small"
     assert set(ds.manifest["source_sha256"]) == {"ml-latest-small.zip"}
     assert ds.validation.n_users == ds.test.n_users == 60
     assert_same_on_disk(ds, tmp_path / "ds")
+
+
+def test_ingest_records_every_pair_of_the_raw_log(
+    ml_small_zip: Path, ml_small_ratings: pd.DataFrame, tmp_path: Path
+) -> None:
+    """``seen``: every (user, item) rating, whatever its value, over the training items; the
+    users preprocessing dropped come after the dataset's users."""
+    data = DataConfig(source="movielens", path=str(ml_small_zip), out=str(tmp_path / "ds"),
+                      split=SplitConfig(n_heldout_users=60))
+    ingest(data)
+    ds = Dataset.load(tmp_path / "ds")  # as stored
+    raw = ml_small_ratings
+    assert ds.manifest["raw_users"] == raw["userId"].nunique() == 610
+    assert ds.manifest["dropped_users"] == 7 == len(ds.dropped_user_ids)
+    assert ds.raw_user_ids.tolist() == [*ds.user_ids.tolist(), *sorted(ds.dropped_user_ids.tolist())]
+    assert set(ds.dropped_user_ids.tolist()) == set(raw["userId"]) - set(ds.user_ids.tolist())
+    assert ds.seen.dtype == np.bool_ and ds.seen.shape == (610, ds.n_items)
+    rows, cols = ds.seen.nonzero()
+    got = set(zip(ds.raw_user_ids[rows].tolist(), ds.item_ids[cols].tolist(), strict=True))
+    in_vocab = raw[raw["movieId"].isin(set(ds.item_ids.tolist()))]
+    assert got == set(zip(in_vocab["userId"].tolist(), in_vocab["movieId"].tolist(), strict=True))
+    # every positive is among them, and so are the low ratings
+    users, full = ds.full_history()
+    assert (full.astype(bool) > ds.seen[users]).nnz == 0
+    assert ds.seen.nnz > full.nnz
 
 
 def assert_same_on_disk(ds: Dataset, path: Path) -> None:
@@ -180,3 +205,58 @@ def test_split_methods(positives: pd.DataFrame) -> None:
         run(method="predefined")
     with pytest.raises(RecvaeError, match="unknown split 'bogus'"):
         run(method="bogus")
+
+
+# ------------------------------------------------------------------ drops
+def test_every_drop_is_counted_by_reason(ml_small_zip: Path, ml_small_ratings: pd.DataFrame,
+                                        tmp_path: Path) -> None:
+    data = DataConfig(source="movielens", path=str(ml_small_zip), out=str(tmp_path / "ds"),
+                      preprocess=PreprocessConfig(min_item_users=3),
+                      split=SplitConfig(n_heldout_users=60))
+    ds, _ = ingest(data)
+    drops = ds.manifest["drops"]
+    assert list(drops) == ["below_threshold", "duplicates", "min_item_users", "min_user_items",
+                           "unknown_items"]
+    r = ml_small_ratings
+    assert drops["below_threshold"] == int((r["rating"] <= 3.5).sum())
+    assert drops["duplicates"] == 0
+    # every raw interaction is accounted for: kept in the dataset or dropped for one reason
+    assert ds.summary()["interactions"] + sum(drops.values()) == len(r)
+    assert Dataset.load(data.out_dir).manifest["drops"] == drops
+    lines = drop_lines(ds.manifest)
+    assert len(lines) == sum(1 for n in drops.values() if n)
+    assert lines[0] == (f"dropped {drops['below_threshold']:,} interactions "
+                        f"({100 * drops['below_threshold'] / len(r):.1f} %) with a value not above "
+                        "preprocess.threshold (3.5)")
+    assert any("fewer than preprocess.min_item_users = 3 users" in line for line in lines)
+
+
+def test_predefined_split_counts_test_items_never_trained_on(tmp_path: Path) -> None:
+    root = tmp_path / "gowalla"
+    root.mkdir()
+    (root / "train.txt").write_text("0 1 2\n1 2 3\n2 1 3\n")
+    (root / "test.txt").write_text("0 3 9\n1 1 8 9\n2 2\n")  # items 8 and 9: test only
+    data = DataConfig(source="lightgcn", path=str(root), out=str(tmp_path / "ds"),
+                      preprocess=PreprocessConfig(threshold=None, min_user_items=0),
+                      split=SplitConfig(method="predefined"))
+    ds, _ = ingest(data)
+    assert ds.manifest["drops"]["unknown_items"] == 3
+    assert ds.test.holdout.nnz == 3
+    assert any(line.startswith("dropped 3 interactions (25.0 %) in validation/test on items")
+               for line in drop_lines(ds.manifest))
+
+
+def test_negative_values_need_allow_negative(tmp_path: Path) -> None:
+    log = tmp_path / "events.csv"
+    log.write_text("user,item,qty\n" + "".join(f"{u},{i},{-1 if i == 0 else 2}\n"
+                                                for u in range(30) for i in range(8)))
+    data = DataConfig(source="table", path=str(log), options={"value_col": "qty"},
+                      out=str(tmp_path / "ds"), preprocess=PreprocessConfig(threshold=None),
+                      split=SplitConfig(n_heldout_users=3))
+    with pytest.raises(RecvaeError, match=r"events\.csv: 30 interaction\(s\) with a negative value"):
+        ingest(data)
+    assert not data.out_dir.exists()
+    allowed = replace(data, preprocess=PreprocessConfig(threshold=None, allow_negative=True))
+    ds, _ = ingest(allowed)
+    assert ds.summary()["interactions"] + ds.manifest["drops"]["unknown_items"] == 240
+    assert cache_key(allowed, {}) != cache_key(data, {})

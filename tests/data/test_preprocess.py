@@ -28,10 +28,28 @@ def test_binarize_keeps_strictly_greater_than_threshold() -> None:
 
 def test_binarize_none_keeps_everything_as_ones() -> None:
     df = frame([(1, 1, 0.0), (1, 2, 17.0), (2, 1, -1.0)])
-    out = binarize(df, None)
+    out = binarize(df, None, allow_negative=True)
     assert len(out) == 3
     assert out["value"].tolist() == [1.0, 1.0, 1.0]
     assert df["value"].tolist() == [0.0, 17.0, -1.0]  # the input is not modified
+
+
+def test_binarize_none_refuses_negative_values_unless_allowed() -> None:
+    df = frame([(1, 1, 2.0), ("u7", 9, -0.5), (2, 1, -1.0)])
+    with pytest.raises(RecvaeError, match=r"^log\.csv: 2 interaction\(s\) with a negative value "
+                       r"\(first: user u7, item 9, value -0\.5\).*allow_negative"):
+        binarize(df, None, source="log.csv")
+    assert len(binarize(df, 1.0)) == 1  # with a threshold, negatives are simply not positives
+
+
+def test_preprocess_counts_every_drop() -> None:
+    rows = [(u, i, 5.0) for u in range(1, 4) for i in range(1, 4)]  # 3 users × 3 items
+    rows += [(1, 1, 4.0), (1, 9, 5.0), (4, 1, 5.0), (2, 2, 1.0)]  # dup, rare item, lone user, low
+    drops: dict[str, int] = {}
+    out = preprocess(frame(rows), threshold=3.5, min_item_users=2, min_user_items=2, drops=drops)
+    assert drops == {"below_threshold": 1, "duplicates": 1, "min_item_users": 1, "min_user_items": 1}
+    assert len(out) == 9
+    assert len(out) + sum(drops.values()) == len(rows)
 
 
 def test_binarize_on_synthetic_ratings(ratings: pd.DataFrame) -> None:

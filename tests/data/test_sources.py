@@ -559,3 +559,55 @@ class TestReadSource:
             read_source("movielens", tmp_path, sep=",")
         with raises(r"unknown option\(s\) user_column for source 'table'"):
             read_source("table", tmp_path, user_column="u")
+
+
+# =========================================================================== byte-order marks
+BOM = b"\xef\xbb\xbf"
+
+
+class TestByteOrderMark:
+    """Excel's "CSV UTF-8" starts with a BOM: the header's first column must still be found."""
+
+    def test_table_csv_and_gz(self, tmp_path):
+        text = BOM + b"user,item,qty\nu1,10,2\nu2,20,1\n"
+        for path in (write(tmp_path / "t.csv", text), write(tmp_path / "t.csv.gz", gzip.compress(text))):
+            df = read_table(path, value_col="qty")
+            assert df["user"].tolist() == ["u1", "u2"] and df["value"].tolist() == [2.0, 1.0]
+
+    def test_movielens_ratings_csv(self, tmp_path):
+        df = read_movielens(write(tmp_path / "ratings.csv", BOM + ML_CSV.encode()))
+        pd.testing.assert_frame_equal(df, expected_ml())
+
+    def test_netflix(self, tmp_path):
+        write(tmp_path / "mv_0000001.txt", BOM + b"1:\n1488844,3,2005-09-06\n")
+        assert read_netflix(tmp_path)["user"].tolist() == [1488844]
+
+    def test_line_numbers_still_count_the_first_line(self, tmp_path):
+        path = write(tmp_path / "t.csv", BOM + b"user,item,qty\nu1,10,2\nu2,20,x\n")
+        with raises(r"t\.csv, line 3, column 'qty': expected a number, got 'x'"):
+            read_table(path, value_col="qty")
+
+
+class TestCompressedInputs:
+    def test_plain_file_named_gz(self, tmp_path):
+        path = write(tmp_path / "t.csv.gz", "user,item\n1,2\n")
+        with raises(r"t\.csv\.gz: named \.gz but not gzip-compressed \(it starts with b'us'\)") as err:
+            read_table(path)
+        assert_one_line(err)
+        with raises(r"x\.txt\.gz: named \.gz but not gzip-compressed \(it is empty\)"):
+            read_msd(write(tmp_path / "x.txt.gz", b""))
+
+    def test_truncated_gzip(self, tmp_path):
+        data = gzip.compress(b"user,item\n" + b"".join(b"%d,%d\n" % (i, i) for i in range(50_000)))
+        path = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
+        with raises(r"t\.csv\.gz: corrupt or truncated gzip data \(.+\)") as err:
+            read_table(path)
+        assert_one_line(err)
+
+    def test_bz2_checked_by_magic_and_read(self, tmp_path):
+        import bz2
+
+        path = write(tmp_path / "train_triplets.txt.bz2", bz2.compress(b"u1\ts1\t3\n"))
+        assert read_msd(path)["value"].tolist() == [3.0]
+        with raises(r"named \.bz2 but not bzip2-compressed"):
+            read_msd(write(tmp_path / "plain.txt.bz2", "u1\ts1\t3\n"))

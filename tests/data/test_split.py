@@ -143,7 +143,7 @@ def assert_matches_notebook(raw: pd.DataFrame, n_heldout_users: int, min_sc: int
         assert matrix_pairs(ds, part.fold_in, part.users) == plays_pairs(ref_tr), name
         assert matrix_pairs(ds, part.holdout, part.users) == plays_pairs(ref_te), name
         assert part.fold_in.nnz == len(ref_tr) and part.holdout.nnz == len(ref_te)
-    assert ds.manifest["dropped_unknown_item_interactions"] == ref["dropped"]
+    assert ds.manifest["drops"]["unknown_items"] == ref["dropped"]
 
 
 def ml_frame(seed: int, n_users: int, n_items: int = 2000) -> pd.DataFrame:
@@ -218,7 +218,7 @@ def test_strong_fold_in_and_holdout_per_user(strong_df: pd.DataFrame) -> None:
             n = len(known)
             assert len(held) == (int(0.2 * n) if n >= 5 else 0)
             sizes.append(n)
-    assert ds.manifest["dropped_unknown_item_interactions"] == n_dropped
+    assert ds.manifest["drops"]["unknown_items"] == n_dropped
     assert n_dropped > 0  # the data does exercise unknown items
     assert min(sizes) < 5  # ...and evaluation users left with fewer than 5 known items
     assert np.isin(ds.part("test").holdout.data, [1.0]).all()
@@ -290,7 +290,7 @@ def check_weak(ds: Dataset, df: pd.DataFrame, is_test: np.ndarray) -> None:
     train_rows, test_rows = df[~is_test], df[is_test]
     assert set(ds.item_ids) == set(train_rows["item"])
     unknown = ~test_rows["item"].isin(set(ds.item_ids))
-    assert ds.manifest["dropped_unknown_item_interactions"] == int(unknown.sum())
+    assert ds.manifest["drops"]["unknown_items"] == int(unknown.sum())
     known_test = test_rows[~unknown]
     assert matrix_pairs(ds, ds.test.holdout, ds.test.users) == set(
         zip(known_test["user"], known_test["item"], strict=True)
@@ -315,7 +315,7 @@ def test_random_holdout_invariants(positives: pd.DataFrame) -> None:
     expected = np.where(n >= 5, (0.2 * n).astype(int), 0)
     held = np.diff(ds.test.holdout.indptr)
     assert (held <= expected).all()
-    assert held.sum() + ds.manifest["dropped_unknown_item_interactions"] == expected.sum()
+    assert held.sum() + ds.manifest["drops"]["unknown_items"] == expected.sum()
     assert (held > 0).sum() > 0.9 * (n >= 5).sum()
     assert ds.test.holdout.multiply(ds.test.fold_in).nnz == 0  # targets are not in the history
     assert ds.manifest["split"]["method"] == "random"
@@ -341,7 +341,7 @@ def test_random_holdout_drops_test_rows_on_unknown_items() -> None:
             break
     else:
         pytest.fail("no seed draws item 99 as a test row")
-    assert ds.manifest["dropped_unknown_item_interactions"] == 1
+    assert ds.manifest["drops"]["unknown_items"] == 1
     assert ds.test.holdout.nnz == 2  # users 1, 2: int(0.2·5) = 1 each; user 0's was item 99
 
 
@@ -414,7 +414,7 @@ def test_predefined_invariants(positives: pd.DataFrame) -> None:
     ds = predefined(df)
     is_test = (df["part"] == "test").to_numpy()
     check_weak(ds, df, is_test)
-    assert ds.manifest["dropped_unknown_item_interactions"] > 0  # test-only items exist here
+    assert ds.manifest["drops"]["unknown_items"] > 0  # test-only items exist here
     assert ds.manifest["split"]["method"] == "predefined"
 
 

@@ -31,12 +31,15 @@ from torch import nn
 from recvae.batching import row_batches
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
+from recvae.io import read_json
 from recvae.models.autoencoders.nets import ACTIVATIONS, DAE, VAE, SparseRows, init_weights
 from recvae.models.autoencoders.training import (
     Checkpointing,
     ElboStep,
     TrainConfig,
     TrainingStep,
+    load_tensors,
+    save_tensors,
     torch_threads,
     train,
 )
@@ -47,6 +50,7 @@ from recvae.models.params import (
     check_dims,
     check_int,
     check_real,
+    is_int,
 )
 
 WEIGHTS_FILE = "weights.pt"
@@ -171,14 +175,19 @@ class Autoencoder(Recommender):
 
     def _save_state(self, path: Path) -> None:
         net = self._net()
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / WEIGHTS_FILE)
+        save_tensors({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / WEIGHTS_FILE)
         training = {"best_epoch": self.best_epoch_, "history": self.history_}
         (path / TRAINING_FILE).write_text(json.dumps(training, indent=1) + "\n")
 
     def _load_state(self, path: Path) -> None:
         # A model trained on CUDA loads (and scores) on CPU where CUDA is absent.
         device = resolve_device(self.device, strict=False, name=self.name)
-        state = torch.load(path / WEIGHTS_FILE, map_location=device, weights_only=True)
+        state = load_tensors(path / WEIGHTS_FILE, device, f"the weights of a {self.name}")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise RecvaeError(
+                f"{path / WEIGHTS_FILE}: expected a mapping of tensor names to tensors (a "
+                f"{self.name}'s state_dict), got {type(state).__name__}"
+            )
         net = self._new_net(self.n_items).to(device)
         try:
             net.load_state_dict(state)
@@ -191,8 +200,14 @@ class Autoencoder(Recommender):
         net.eval()
         self.net_ = net
         if (path / TRAINING_FILE).is_file():
-            training = json.loads((path / TRAINING_FILE).read_text())
-            self.history_, self.best_epoch_ = training["history"], training["best_epoch"]
+            training = read_json(path / TRAINING_FILE, "the training history of a saved model")
+            history, best = training.get("history"), training.get("best_epoch")
+            if not isinstance(history, list) or not (best is None or is_int(best)):
+                raise RecvaeError(
+                    f"{path / TRAINING_FILE}: expected 'history' (a list of epochs) and "
+                    f"'best_epoch' (an integer or null)"
+                )
+            self.history_, self.best_epoch_ = history, best
 
     # ---------------------------------------------------------------- helpers
     def _new_net(self, n_items: int) -> nn.Module:

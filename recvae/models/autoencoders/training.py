@@ -25,7 +25,9 @@ import contextlib
 import ctypes
 import math
 import os
+import pickle
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +42,7 @@ from recvae.batching import row_batches
 from recvae.data.dataset import Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
-from recvae.io import atomic_file
+from recvae.io import atomic_file, binary_sink
 from recvae.models.autoencoders.nets import SparseRows
 from recvae.models.base import Callback, EpochReport
 
@@ -155,8 +157,8 @@ class Epoch:
             total=-(-n_users // self.batch_size),
             desc=f"epoch {self.number}" + (f".{part}" if part else ""),
             unit="batch",
-            leave=False,
-            disable=not self.show_progress,
+            leave=False,  # cleared when the epoch ends: the epoch's line is the callbacks' job
+            disable=None if self.show_progress else True,  # None: only on a terminal
         )
         for sl in batches:
             yield SparseRows.from_csr(self.train[perm[sl]], self.device), generator
@@ -327,10 +329,8 @@ def train(
 
     epochs = config.epochs
     start = epochs + 1 if state.stopped_early else state.epoch + 1
-    epoch_bar = tqdm(
-        total=epochs, initial=min(start - 1, epochs), desc=name, unit="epoch",
-        disable=not config.show_progress,
-    )
+    # No bar over epochs: each epoch is reported to the callbacks (one printed line per epoch in
+    # the CLI), and a bar left beside those lines goes stale.
     for number in range(start, epochs + 1):
         t0 = time.perf_counter()
         epoch = Epoch(
@@ -378,12 +378,8 @@ def train(
         report = EpochReport(epoch=number, metrics=metrics, is_best=is_best)
         for callback in callbacks:
             callback(report)
-        epoch_bar.update(1)
-        if validate:
-            epoch_bar.set_postfix(ndcg100=f"{metrics['val/ndcg_at_100']:.4f}", best=state.best_epoch)
         if state.stopped_early:
             break
-    epoch_bar.close()
 
     if state.best_weights is not None:
         net.load_state_dict(state.best_weights)
@@ -420,6 +416,46 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+_TORCH_ZIP = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6
+
+
+def save_tensors(obj: Any, path: Path) -> None:
+    """``torch.save`` whose write errors keep their errno (a full disk is one line, not
+    torch's "unexpected pos")."""
+    with binary_sink(path) as f:
+        torch.save(obj, f)
+
+
+def load_tensors(path: Path, device: torch.device | str, expected: str) -> Any:
+    """``torch.load`` of a file :func:`save_tensors` wrote, tensors and plain containers only.
+
+    A missing, truncated or foreign file, or one holding other pickled objects (refused, never
+    run), is a RecvaeError naming ``path`` and what was ``expected``.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_TORCH_ZIP))
+    except FileNotFoundError:
+        raise RecvaeError(f"{path}: no such file; expected {expected}") from None
+    if head != _TORCH_ZIP:
+        # Older torch files and plain pickles: refused before torch looks at them.
+        raise RecvaeError(
+            f"{path}: not a PyTorch zip archive (it starts with {head!r}); expected {expected}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only met something other than tensors
+        raise RecvaeError(
+            f"{path}: refused: it holds pickled Python objects beyond tensors, which recvae never "
+            f"loads; expected {expected}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's damaged-archive errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecvaeError(f"{path}: cannot read ({first[:160]}); expected {expected}") from None
+
+
 def _save(checkpoint: Checkpointing, step: TrainingStep, state: TrainState) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -429,17 +465,14 @@ def _save(checkpoint: Checkpointing, step: TrainingStep, state: TrainState) -> N
         "optimizers": {k: opt.state_dict() for k, opt in step.optimizers().items()},
     }
     with atomic_file(checkpoint.path) as tmp:
-        torch.save(payload, tmp)
+        save_tensors(payload, tmp)
 
 
 def _restore(
     checkpoint: Checkpointing, step: TrainingStep, device: torch.device, name: str
 ) -> TrainState:
     path = checkpoint.path
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: torch raises many types
-        raise RecvaeError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = load_tensors(path, device, "a recvae training checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RecvaeError(
             f"{path}: not a recvae training checkpoint of format {CHECKPOINT_FORMAT}; "

@@ -286,6 +286,22 @@ def test_divergence_raises_and_keeps_the_last_good_checkpoint(
     assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]["epoch"] == 1
 
 
-def test_progress_bar_runs(dataset: Dataset, capsys) -> None:
+def test_progress_bar_only_on_a_terminal(dataset: Dataset, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """A batch bar per epoch, labeled and cleared, on a terminal only; no bar over the epochs
+    (the callbacks print one line per epoch)."""
+    import io
+    import sys
+
     vae(epochs=1).fit(dataset, show_progress=True)
-    assert "mult-vae" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # a log file gets no bars
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    vae(epochs=2).fit(dataset, show_progress=True)
+    shown = sys.stderr.getvalue()
+    assert "epoch 1:" in shown and "epoch 2:" in shown and "batch" in shown
+    assert "mult-vae" not in shown  # the epoch bar that went stale beside the epoch lines
+    assert shown.endswith("\r")  # cleared (tqdm's leave=False)

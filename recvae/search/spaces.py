@@ -1,0 +1,66 @@
+"""The built-in search spaces of ``search: default``, one per model, in the YAML's own form.
+
+They cover what mattered on the logs we checked, rather than every knob:
+- the autoencoders' shape (Mult-VAE with or without the 600-wide layers: I-200-I won on
+  Gowalla), the β cap (with ``total_anneal_steps: auto`` the cap alone sets the schedule),
+  lr, input dropout and weight decay; the epoch is selected by validation as always;
+- EASE's λ over four decades (ML-20M ≈ 500, Gowalla 80), EDLAE's λ and dropout p (p = 0 is EASE);
+- ALS factors, regularization and confidence α; BPR factors, learning rate, regularization;
+  item-kNN's neighbourhood size and similarity.
+
+Fixed values (epochs, patience, batch size, seed...) stay in the block's ``params:``. A space
+may name a model that is not registered (yet): it is only parsed when a pipeline uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_AUTOENCODER = {
+    "lr": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
+    "dropout": {"low": 0.1, "high": 0.8},
+    # the low end is no decay in effect (λ/batch_size per weight)
+    "weight_decay": {"low": 1.0e-4, "high": 0.1, "log": True},
+}
+
+DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "mult-vae": {
+        "hidden_dims": {"choices": [[], [600]]},
+        "anneal_cap": {"low": 0.1, "high": 1.0},
+        **_AUTOENCODER,
+    },
+    "mult-dae": {
+        "hidden_dims": {"choices": [[200], [600, 200]]},
+        **_AUTOENCODER,
+    },
+    # RecVAE (Shenbin et al. 2020): γ scales the per-user KL weight β = γ·|x_u| (0.005 on ML-20M)
+    "recvae": {
+        "gamma": {"low": 5.0e-4, "high": 0.05, "log": True},
+        "lr": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
+        "dropout": {"low": 0.1, "high": 0.8},
+        "hidden_dim": {"choices": [300, 600]},
+        "latent_dim": {"choices": [100, 200]},
+    },
+    "ease": {
+        "l2": {"low": 1.0, "high": 1.0e4, "log": True},
+    },
+    # EDLAE (Steck 2020): λ and the emphasized dropout p (MSD: λ = 70, p = 0.25)
+    "edlae": {
+        "l2": {"low": 1.0, "high": 1.0e4, "log": True},
+        "dropout": {"low": 0.0, "high": 0.75},
+    },
+    "als": {
+        "factors": {"low": 32, "high": 512, "log": True},
+        "regularization": {"low": 1.0e-3, "high": 10.0, "log": True},
+        "alpha": {"low": 0.1, "high": 100.0, "log": True},
+    },
+    "bpr": {
+        "factors": {"low": 32, "high": 512, "log": True},
+        "learning_rate": {"low": 1.0e-3, "high": 0.1, "log": True},
+        "regularization": {"low": 1.0e-5, "high": 0.1, "log": True},
+    },
+    "item-knn": {
+        "k": {"low": 10, "high": 1000, "log": True},
+        "similarity": {"choices": ["cosine", "bm25"]},
+    },
+}

@@ -1,0 +1,1 @@
+"""The reliability suite: bad inputs, kill -9, full disks (issue 11)."""

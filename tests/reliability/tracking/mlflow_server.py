@@ -1,0 +1,86 @@
+"""A real ``mlflow server`` on loopback for the reliability tests and benchmarks: start, stop
+(SIGTERM to its process group, as an operator would), freeze (SIGSTOP: a hung server), restart
+on the same store and port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fast_dir(fallback: Path) -> Path:
+    """/dev/shm where there is one: MLflow's SQLite migrations are fsync-bound on a disk."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else fallback
+
+
+class MlflowServer:
+    """``mlflow server`` with a SQLite store ``db`` and artifacts under ``root/artifacts``."""
+
+    def __init__(self, db: Path, root: Path, port: int | None = None) -> None:
+        self.db, self.root = Path(db), Path(root)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.root / "server.log"
+
+    def start(self) -> MlflowServer:
+        """Start it (returns at once: call :meth:`wait` before using it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                 f"sqlite:///{self.db}", "--artifacts-destination", str(self.root / "artifacts"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                # no GenAI job runner: faster start, nothing left behind in /dev/shm
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
+        return self
+
+    def wait(self, limit: float = 180.0) -> float:
+        """Block until ``/health`` answers; returns the seconds waited."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server not up after {limit:.0f} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM to the server and its workers (its own process group); SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen server must be able to exit
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung server)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text()[-n:] if self.log.is_file() else ""
