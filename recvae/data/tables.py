@@ -43,6 +43,7 @@ from recvae.data.sources import (
     _numbers,
     _require_finite,
     _require_nonempty_ids,
+    _table_format,
     _timestamps,
     check_options,
     read_source,
@@ -208,14 +209,7 @@ def find_parts(path: Path, format: str | None = None) -> list[TablePart]:
             f"unknown table format {format!r}: expected one of {', '.join(TABLE_FORMATS)}"
         )
     if path.is_file():
-        fmt = format or _format_of(path)
-        if fmt is None:
-            raise RecvaeError(
-                f"{path}: unknown table format {_suffix(path) or '(no suffix)'!r}; expected a "
-                f"suffix .csv, .tsv, .txt or .parquet (optionally + .gz), or pass format= one of "
-                f"{', '.join(TABLE_FORMATS)}"
-            )
-        return [TablePart(path, fmt)]
+        return [TablePart(path, _table_format(path, format))]
     if not path.is_dir():
         raise RecvaeError(f"{path}: no such file or folder; expected a table file or a folder of parts")
     if (path / "_delta_log").is_dir():
