@@ -9,6 +9,9 @@ order: first appearances and the per-user draws of the splits depend on it.
 
 Every pass over the rows goes chunk by chunk, so temporaries stay a few MB whatever N is.
 
+:class:`SeenBuilder` maps a second read of the log (every row, whatever its value) to a built
+dataset's users and items: the pairs recommendations exclude.
+
 Example::
 
     builder = InteractionsBuilder(threshold=3.5)

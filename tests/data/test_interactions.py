@@ -9,6 +9,7 @@ import pytest
 
 from recvae.data import interactions as module
 from recvae.data.interactions import IdCodes, Interactions, InteractionsBuilder, _Growing, compact
+from recvae.errors import RecvaeError
 
 
 def test_id_codes_follow_first_appearance_across_batches() -> None:
@@ -101,3 +102,68 @@ def test_compact_in_place_and_row_ranges(monkeypatch: pytest.MonkeyPatch) -> Non
         np.testing.assert_array_equal(log.pairs_in(lo, hi), log.pairs[rows])
     log.compress(np.asarray(df["user"] != 3))
     assert len(log) == 12 and 3 not in log.user_ids[log.users()]
+
+
+def _pairs(seen, rows: np.ndarray, cols: np.ndarray) -> set[tuple]:
+    r, c = seen.nonzero()
+    return {(rows[i], cols[j]) for i, j in zip(r.tolist(), c.tolist(), strict=True)}
+
+
+def test_seen_builder_maps_batches_to_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "CHUNK", 4)
+    users = np.array([30, 10, 20])  # the dataset's order, not sorted
+    items = np.array(["b", "a"], dtype=object)
+    log = pd.DataFrame({
+        "user": [10, 99, 30, 10, 5, 10, 99, 20, 77],
+        "item": ["a", "a", "b", "a", "zz", "b", "b", "zz", "zz"],  # "zz": not a dataset item
+    })
+    seen, others = module.SeenBuilder.from_frame(log, users, items)
+    assert seen.dtype == np.bool_ and seen.shape == (6, 2)
+    assert others.tolist() == [5, 77, 99]  # users outside the dataset, sorted, rows 3, 4, 5
+    rows = np.concatenate([users, others])
+    assert _pairs(seen, rows, items) == {(10, "a"), (99, "a"), (30, "b"), (10, "b"), (99, "b")}
+    assert seen.nnz == 5 and seen[4].nnz == 0  # user 77 has a row, on no dataset item
+    assert seen.has_sorted_indices
+
+
+def test_seen_builder_matches_ids_as_the_dataset_types_them() -> None:
+    # integers where the dataset's ids are text (a mixed column), canonical text where they
+    # are integers (a text part of a column that became int64)
+    builder = module.SeenBuilder(np.array(["7", "u1"], dtype=object), np.array([3, 4]))
+    builder.add(pa.array([7, 8]), pa.array(["3", "4"]))
+    builder.add(pa.array(["u1", "u2"]), pa.array([4, 5]))
+    seen, others = builder.finish()
+    assert others.tolist() == ["8", "u2"] and others.dtype == object
+    assert _pairs(seen, np.array(["7", "u1", "8", "u2"]), np.array([3, 4])) == {
+        ("7", 3), ("8", 4), ("u1", 4)
+    }
+    changed = module.SeenBuilder(np.array([1, 2]), np.array([3]))
+    with pytest.raises(RecvaeError, match="source changed during ingest"):
+        changed.add(pa.array(["1", "007"]), pa.array([3, 3]))
+
+
+def test_a_source_that_changed_between_the_reads_is_refused(tmp_path) -> None:
+    from recvae.data.tables import read_seen
+
+    path = tmp_path / "log.csv"
+    path.write_text("user,item\n1,2\n1,3\n2,3\n")
+    seen, others = read_seen("table", path, np.array([1, 2]), np.array([2, 3]), rows=3)
+    assert seen.nnz == 3 and len(others) == 0
+    with pytest.raises(RecvaeError, match=r"log\.csv: 3 rows now, 4 when it was first read"):
+        read_seen("table", path, np.array([1, 2]), np.array([2, 3]), rows=4)
+
+
+def test_builder_refuses_negative_values_under_no_threshold() -> None:
+    builder = InteractionsBuilder(threshold=None, source="log.csv")
+    builder.add(pa.array([1, 2]), pa.array([5, 6]), np.array([1.0, 2.0]))
+    builder.add(pa.array(["u3", "u4", "u5"]), pa.array([7, 8, 9]), np.array([0.0, -0.25, -3.0]))
+    with pytest.raises(RecvaeError, match=r"^log\.csv: 2 interaction\(s\) with a negative value "
+                       r"\(first: user u4, item 8, value -0\.25\)"):
+        builder.finish()
+    allowed = InteractionsBuilder(threshold=None, allow_negative=True)
+    allowed.add(pa.array([1, 2]), pa.array([5, 6]), np.array([-1.0, 2.0]))
+    assert len(allowed.finish()) == 2
+    with_threshold = InteractionsBuilder(threshold=0.5)  # negatives are below it: dropped
+    with_threshold.add(pa.array([1, 2]), pa.array([5, 6]), np.array([-1.0, 2.0]))
+    log = with_threshold.finish()
+    assert len(log) == 1 and log.rows_read == 2
