@@ -28,6 +28,7 @@ the arrays.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -202,22 +203,54 @@ class Dataset:
         out["density"] = total / max(1, self.n_users * self.n_items)
         return out
 
+    def digest(self) -> str:
+        """SHA-256 of the content: every matrix's arrays (``seen`` too), the users of each part
+        and the id maps (values and types). Two ingests of the same log give the same digest,
+        whatever the layout of the files it was read from."""
+        h = hashlib.sha256()
+
+        def add(a: np.ndarray) -> None:
+            if a.dtype == object:  # text ids
+                a = np.array([str(v) for v in a], dtype=np.str_)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+
+        for m in (self.train, self.validation.fold_in, self.validation.holdout, self.test.fold_in,
+                  self.test.holdout):
+            h.update(str(m.shape).encode())
+            for a in (m.indptr, m.indices, m.data):
+                add(a)
+        for a in (self.train_users, self.validation.users, self.test.users, self.user_ids,
+                  self.item_ids):
+            add(np.asarray(a))
+        if self.seen is not None:
+            h.update(f"seen{self.seen.shape}".encode())
+            for a in (self.seen.indptr, self.seen.indices, self.seen.data):
+                add(a)
+            # an empty id column has no type of its own (object in memory, whatever on disk)
+            if len(self.dropped_user_ids):
+                add(np.asarray(self.dropped_user_ids))
+        return h.hexdigest()
+
     # ------------------------------------------------------------------ disk
     def save(self, path: str | os.PathLike) -> Path:
         """Write the dataset to ``path`` atomically (a crash leaves no half-written directory)."""
         self._check_shapes()
         with atomic_dir(path) as tmp:
-            sp.save_npz(tmp / "train.npz", self.train.astype(np.float32), compressed=False)
+            # copy=False: a float32 matrix is written as it is, not copied first (at 50M
+            # interactions a copy of the training matrix would be the largest allocation of ingest)
+            sp.save_npz(tmp / "train.npz", self.train.astype(np.float32, copy=False), compressed=False)
             save_npy(tmp / "train_users.npy", self.train_users.astype(np.int64))
             for name in PART_NAMES:
                 p = self.part(name)
-                sp.save_npz(tmp / f"{name}_fold_in.npz", p.fold_in.astype(np.float32), compressed=False)
-                sp.save_npz(tmp / f"{name}_holdout.npz", p.holdout.astype(np.float32), compressed=False)
+                for kind, m in (("fold_in", p.fold_in), ("holdout", p.holdout)):
+                    sp.save_npz(tmp / f"{name}_{kind}.npz", m.astype(np.float32, copy=False),
+                                compressed=False)
                 save_npy(tmp / f"{name}_users.npy", p.users.astype(np.int64))
             pd.DataFrame({"user_id": self.user_ids}).to_parquet(tmp / "users.parquet", index=False)
             pd.DataFrame({"item_id": self.item_ids}).to_parquet(tmp / "items.parquet", index=False)
             if self.seen is not None:
-                sp.save_npz(tmp / "seen.npz", self.seen.astype(np.bool_), compressed=False)
+                sp.save_npz(tmp / "seen.npz", self.seen.astype(np.bool_, copy=False), compressed=False)
                 pd.DataFrame({"user_id": self.dropped_user_ids}).to_parquet(
                     tmp / "dropped_users.parquet", index=False
                 )

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ import scipy.sparse as sp
 
 from recvae.data import split as splits
 from recvae.data.dataset import FORMAT_VERSION, Dataset
-from recvae.data.preprocess import preprocess
-from recvae.data.spec import DataConfig
-from recvae.data.sources import read_source
+from recvae.data.interactions import Interactions, SeenBuilder
+from recvae.data.preprocess import preprocess_interactions
+from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig
+from recvae.data.tables import read_interactions, read_seen
 from recvae.errors import RecvaeError
 from recvae.io import read_json, remove_stale, sha256_file
 
@@ -103,21 +105,68 @@ def seen_pairs(
 
     Rows are ``user_ids`` (the dataset's users, in order) followed by the users of the log that
     preprocessing dropped (sorted ids, returned); columns are ``item_ids``, and pairs on other
-    items are left out (no model can recommend them).
+    items are left out (no model can recommend them). :func:`ingest` builds the same from a
+    second read of the source (:func:`recvae.data.tables.read_seen`).
     """
-    users = raw["user"]
-    rows = pd.Index(user_ids).get_indexer(users)
-    dropped = rows < 0
-    codes, dropped_ids = pd.factorize(users[dropped], sort=True)
-    rows[dropped] = len(user_ids) + codes
-    cols = pd.Index(item_ids).get_indexer(raw["item"])
-    keep = cols >= 0
-    seen = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.bool_), (rows[keep], cols[keep])),
-        shape=(len(user_ids) + len(dropped_ids), len(item_ids)),
+    return SeenBuilder.from_frame(raw, user_ids, item_ids)
+
+
+def build_dataset(
+    read: Callable[[], Interactions],
+    read_seen: Callable[[np.ndarray, np.ndarray, int], tuple[sp.csr_matrix, np.ndarray]],
+    pp: PreprocessConfig,
+    split: SplitConfig,
+    *,
+    source: str = "the input",
+) -> Dataset:
+    """read → preprocess → split → seen pairs: the dataset :func:`ingest` saves, with the
+    manifest entries its data gives (raw and positive counts, drops by reason, timings).
+
+    ``read()`` gives the positives of the log (binarized as ``pp`` says); ``read_seen(user_ids,
+    item_ids, rows)`` reads the log again for its pairs over the dataset's users and items, as
+    :func:`recvae.data.tables.read_seen` (``rows``: how many the first read found).
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    interactions = read()
+    raw_interactions = interactions.rows_read
+    timings["read_seconds"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    drops: dict[str, int] = {}
+    preprocess_interactions(
+        interactions,
+        min_item_users=pp.min_item_users,
+        min_user_items=pp.min_user_items,
+        iterate=pp.iterate,
+        threshold=pp.threshold,
+        source=source,
+        drops=drops,
     )
-    seen.sum_duplicates()  # a user who rated an item twice: one pair
-    return seen, np.asarray(dropped_ids)
+    positives = len(interactions)
+    if not splits.uses_timestamps(split):
+        interactions.drop_timestamps()  # they only chose which duplicate stays
+    timings["preprocess_seconds"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    ds = splits.apply_split(interactions, split)
+    del interactions  # the strong split spent its buffer on the training matrix
+    timings["split_seconds"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    # What recommendations must exclude: every pair of the log, not only the positives. A second
+    # read of the source (user and item columns only) costs time, where keeping every raw pair
+    # through preprocessing and the split would cost 8 bytes a raw row at the peak.
+    ds.seen, ds.dropped_user_ids = read_seen(ds.user_ids, ds.item_ids, raw_interactions)
+    timings["seen_seconds"] = time.perf_counter() - t3
+    ds.manifest.update(
+        {
+            "raw_interactions": raw_interactions,
+            "raw_users": ds.seen.shape[0],
+            "dropped_users": len(ds.dropped_user_ids),
+            "positive_interactions": positives,
+            "drops": {**drops, **ds.manifest.get("drops", {})},
+            "timings": timings,
+        }
+    )
+    return ds
 
 
 def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
@@ -143,33 +192,21 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
                 log.info("reusing %s (same source and parameters)", out)
                 return dataset, True
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    raw = read_source(data.source, data.path, **data.options)
-    timings["read_seconds"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
     pp = data.preprocess
-    drops: dict[str, int] = {}
-    df = preprocess(
-        raw,
-        threshold=pp.threshold,
-        min_item_users=pp.min_item_users,
-        min_user_items=pp.min_user_items,
-        iterate=pp.iterate,
-        allow_negative=pp.allow_negative,
+    ds = build_dataset(
+        # The log is read straight into compact arrays (8 bytes a positive interaction),
+        # binarized as it streams; preprocessing and the split then work on them in place.
+        lambda: read_interactions(
+            data.source, data.path, threshold=pp.threshold, allow_negative=pp.allow_negative,
+            **data.options,
+        ),
+        lambda user_ids, item_ids, rows: read_seen(
+            data.source, data.path, user_ids, item_ids, rows=rows, **data.options
+        ),
+        pp,
+        data.split,
         source=str(data.path),
-        drops=drops,
     )
-    timings["preprocess_seconds"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    ds = splits.apply_split(df, data.split)
-    n_positives = len(df)
-    del df
-    timings["split_seconds"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    # what recommendations must exclude: every pair of the log, not only the positives
-    ds.seen, ds.dropped_user_ids = seen_pairs(raw, ds.user_ids, ds.item_ids)
-    timings["seen_seconds"] = time.perf_counter() - t3
     ds.manifest.update(
         {
             "name": data.dataset_name,
@@ -179,14 +216,9 @@ def ingest(data: DataConfig, *, force: bool = False) -> tuple[Dataset, bool]:
             "source_sha256": digest,
             "preprocess": asdict(data.preprocess),
             "key": key,
-            "raw_interactions": len(raw),
-            "raw_users": ds.seen.shape[0],
-            "dropped_users": len(ds.dropped_user_ids),
-            "positive_interactions": n_positives,
-            "drops": {**drops, **ds.manifest.get("drops", {})},
-            "timings": timings,
         }
     )
+    timings = ds.manifest["timings"]
     t4 = time.perf_counter()
     ds.save(out)
     timings["save_seconds"] = time.perf_counter() - t4

@@ -69,6 +69,12 @@ def read_source(source: str, path: str | os.PathLike, **options: Any) -> pd.Data
 
         df = read_source("table", "clicks.parquet", user_col="uid", item_col="sku")
     """
+    check_options(source, options)
+    return SOURCES[source](path, **options)
+
+
+def check_options(source: str, options: dict[str, Any]) -> None:
+    """Raise unless ``source`` is known and takes ``options`` (only ``table`` takes any)."""
     if source not in SOURCES:
         raise RecvaeError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
     if options and source != "table":
@@ -79,7 +85,6 @@ def read_source(source: str, path: str | os.PathLike, **options: Any) -> pd.Data
             f"unknown option(s) {', '.join(unknown)} for source 'table': "
             f"expected some of {', '.join(TABLE_OPTIONS)}"
         )
-    return SOURCES[source](path, **options)
 
 
 def read_movielens(path: str | os.PathLike) -> pd.DataFrame:

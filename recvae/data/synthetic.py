@@ -10,6 +10,7 @@ structure: use it for timing, never for accuracy.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,3 +85,85 @@ def write_ratings_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
             f,
             write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
         )
+
+
+def write_log_parts(
+    folder: str | os.PathLike,
+    n_rows: int,
+    *,
+    n_users: int = 1_000_000,
+    n_items: int = 200_000,
+    n_parts: int = 32,
+    min_user_rows: int = 5,
+    seed: int = 0,
+) -> int:
+    """Write an interaction log as Spark leaves it: ``part-NNNNN-….snappy.parquet`` files, a
+    ``_SUCCESS`` marker and ``.crc`` side files; returns the number of rows (``n_rows`` within a
+    fraction of a percent).
+
+    Columns ``user_id``, ``item_id`` (int64 ids that are not row numbers), ``rating`` (half-star
+    grades, about half > 3.5) and ``ts`` (epoch seconds). Users have power-law activity (at least
+    ``min_user_rows``, at most a tenth of the items), items power-law popularity, and no (user,
+    item) pair repeats. Generated one part (a block of users) at a time, so memory stays at a
+    part's size whatever ``n_rows``. Rows are shuffled within each part.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    raw = rng.pareto(1.2, n_users) + 1.0
+    cap = max(min_user_rows, n_items // 10)
+    scale = max(n_rows - min_user_rows * n_users, 0) / raw.sum()
+    for _ in range(30):  # re-scale so that the capped activities still sum to n_rows
+        activity = np.minimum(min_user_rows + np.floor(raw * scale).astype(np.int64), cap)
+        scale *= 1 + (n_rows - activity.sum()) / max(activity.sum() - min_user_rows * n_users, 1)
+    weights = 1.0 / (np.arange(1, n_items + 1) + 20.0) ** 0.9
+    cdf = np.cumsum(weights[rng.permutation(n_items)])
+    cdf /= cdf[-1]
+    user_ids = rng.permutation(n_users).astype(np.int64) * 11 + 100_003
+    item_ids = rng.permutation(n_items).astype(np.int64) * 7 + 5_000_011
+    bounds = np.searchsorted(np.cumsum(activity), np.linspace(0, activity.sum(), n_parts + 1)[1:-1])
+    total = 0
+    for k, users in enumerate(np.split(np.arange(n_users), bounds)):
+        want = activity[users]
+        keys = _distinct_draws(users, want, cdf, rng)
+        u = keys // n_items
+        order = np.lexsort((rng.random(len(keys)), u))  # a random `want` of each user's draws
+        have = np.bincount(u - users[0], minlength=len(users))
+        starts = np.concatenate([[0], np.cumsum(have)[:-1]])
+        rank = np.arange(len(order)) - starts[u[order] - users[0]]
+        kept = keys[order[rank < want[u[order] - users[0]]]]
+        kept = kept[rng.permutation(len(kept))]
+        n = len(kept)
+        table = pa.table({
+            "user_id": user_ids[kept // n_items],
+            "item_id": item_ids[kept % n_items],
+            "rating": rng.choice(_GRADES, size=n, p=_SHARES / _SHARES.sum()),
+            "ts": rng.integers(1_300_000_000, 1_700_000_000, size=n),
+        })
+        name = f"part-{k:05d}-5e1c0d2a-7d1b-4b8e-9f0a-{seed:012d}-c000.snappy.parquet"
+        pq.write_table(table, out / name, row_group_size=1 << 20, compression="snappy")
+        (out / f".{name}.crc").write_bytes(b"crc")
+        total += n
+    (out / "_SUCCESS").write_bytes(b"")
+    return total
+
+
+def _distinct_draws(
+    users: np.ndarray, want: np.ndarray, cdf: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted distinct ``user * n_items + item`` keys, at least ``want[k]`` for ``users[k]``, items
+    drawn by popularity; users short of distinct items draw again, more each round."""
+    n_items = len(cdf)
+    keys = np.zeros(0, dtype=np.int64)
+    need, factor = want.copy(), 1.2
+    while need.any():
+        short = need > 0
+        draws = np.repeat(users[short], np.ceil(need[short] * factor).astype(np.int64) + 2)
+        items = np.searchsorted(cdf, rng.random(len(draws)), side="right").clip(max=n_items - 1)
+        keys = np.sort(np.concatenate([keys, draws * n_items + items]))
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]  # (np.unique hashes: slower)
+        need = np.maximum(want - np.bincount(keys // n_items - users[0], minlength=len(users)), 0)
+        factor *= 2
+    return keys
