@@ -15,16 +15,18 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from recvae.comparison import TABLE_ARTIFACT, Comparison
 from recvae.config import ModelConfig, PipelineConfig, build_model, select_models, to_dict
 from recvae.data.dataset import Dataset
 from recvae.data.ingest import drop_lines, ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file
-from recvae.models.base import Callback, EpochReport, Recommender
+from recvae.models.base import EPOCH_SECONDS, VAL_CURVE, Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
 from recvae.search.spec import SearchSpec, model_search
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("test/recall_at_20", "test/recall_at_50", "test/ndcg_at_100")
 SELECTION_METRIC = "val/ndcg_at_100"  # what picks epochs (and hyper-parameters): never the test
+SELECTION_CURVE = VAL_CURVE + "ndcg_at_100"  # its value after each epoch
+CHAMPION_ALIAS = "champion"  # the registry alias of the best model on validation
 
 
 @dataclass
@@ -53,6 +57,8 @@ class ModelOutcome:
     refit_epochs: int | None = None  # epochs of the refit, for models that train in epochs
     experiment_id: str | None = None  # MLflow's, when tracked
     parent_run_id: str | None = None  # the pipeline's MLflow run
+    selected_epoch: int | None = None  # the epoch selected on validation (models that train in epochs)
+    model_id: str | None = None  # the MLflow LoggedModel, when logged
 
 
 def print_epoch(run_name: str, stream: Any = None) -> Callback:
@@ -62,12 +68,12 @@ def print_epoch(run_name: str, stream: Any = None) -> Callback:
         m = report.metrics
         parts = [f"[{run_name}] epoch {report.epoch:3d}"]
         for key, label in (
-            ("train/loss", "loss"), ("train/beta", "β"), ("val/ndcg_at_100", "val NDCG@100"),
-            ("epoch_seconds", "s"), ("fit_seconds", "fit s"),
+            ("train/loss", "loss"), ("train/beta", "β"), (SELECTION_CURVE, "val NDCG@100"),
+            (EPOCH_SECONDS, "s"),
         ):
             if key in m:
                 parts.append(f"{label} {m[key]:.4f}" if label != "s" else f"{m[key]:.1f}s")
-        if report.is_best and "val/ndcg_at_100" in m:  # without validation every epoch is "best"
+        if report.is_best and SELECTION_CURVE in m:  # without validation every epoch is "best"
             parts.append("*best")
         print("  ".join(parts), file=stream or sys.stdout, flush=True)
 
@@ -202,6 +208,7 @@ def train_and_evaluate(
             val_metrics = val.as_metrics("val")
             out.score_seconds = time.perf_counter() - t1
             out.refit_epochs, overrides = model.best_epoch_, model.refit_params()
+        out.selected_epoch = out.refit_epochs
         if refit:
             # drop the selected model first: EASE's weights alone are n_items² floats
             del model
@@ -220,15 +227,24 @@ def train_and_evaluate(
         t2 = time.perf_counter()
         test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds += time.perf_counter() - t2
-        out.metrics = {**val_metrics, **test.as_metrics("test")}
+        test_metrics = test.as_metrics("test")
+        out.metrics = {**val_metrics, **test_metrics}
         if tracker is not None:
-            tracker.log_final(out.metrics)
+            tracker.log_final(val_metrics)
             tracker.log_timings(
                 fit_seconds=out.fit_seconds, score_seconds=out.score_seconds,
                 refit_seconds=out.refit_seconds,
             )
             if out.refit_epochs is not None:
                 tracker.log_final({"refit/epochs": float(out.refit_epochs)})
+            if log_model:  # the test metrics, linked to the logged model and the test part
+                info = tracker.log_model(
+                    model, dataset, model_dir=model_dir, metrics=test_metrics,
+                    registered_model_name=registered_model_name(dataset) if register else None,
+                )
+                out.model_id = info.model_id if info is not None else None
+            else:
+                tracker.log_final(test_metrics)
 
         if recommend is not None and recommend.enabled:
             suffix = "csv" if recommend.format == "csv" else "parquet"
@@ -242,11 +258,6 @@ def train_and_evaluate(
             print(f"[{mc.run_name}] top-{recommend.k}: {topk.describe()} → {topk.path}", flush=True)
             if tracker is not None:
                 tracker.log_topk(topk.path)
-        if tracker is not None and log_model:
-            tracker.log_model(
-                model, dataset, model_dir=model_dir,
-                registered_model_name=registered_model_name(dataset, mc.run_name) if register else None,
-            )
     # known only now: a run created while the store was away gets its id at the first push
     out.run_id = run.run_id if run is not None else None
     out.ok = True
@@ -268,7 +279,7 @@ def _search(
         show_progress=show_progress, resume=resume, keep_best=not refit,
     )
     out.search, out.fit_seconds = found.summary(), found.wall_seconds
-    out.refit_epochs = found.best_epoch
+    out.refit_epochs = out.selected_epoch = found.best_epoch
     best_mc = replace(mc, params=found.params)
     if tracker is not None:
         tracker.log_params({"model": found.best_values, "search": {"best_trial": found.best_trial}})
@@ -347,6 +358,8 @@ def run_pipeline(
         tracker.start_pipeline(
             cfg.name, dataset=dataset, dataset_source=cfg.data.path, config=resolved,
             device=cfg.device, description=f"recvae pipeline {cfg.name}",
+            display_name=f"{cfg.name} {datetime.now():%Y-%m-%d %H:%M}",
+            tags={"recvae.pipeline": cfg.name},
         )
         if tracker is not None else contextlib.nullcontext()
     )
@@ -372,12 +385,47 @@ def run_pipeline(
                 outcome = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False, error=detail)
             outcomes.append(outcome)
             written = write_results(outcomes, output_dir, table_metrics)  # as each model ends
+        comparison = Comparison.of(outcomes, table_metrics, SELECTION_METRIC)
+        written += comparison.write(output_dir)
+        if comparison.best is not None:
+            print(f"best on validation ({SELECTION_METRIC}): {comparison.best.run_name}", flush=True)
         if tracker is not None:
+            from recvae.tracking import registered_model_name
+
             for path in written:
                 tracker.log_artifact(path)
+            log_comparison(tracker, comparison, outcomes, register=cfg.tracking.register and
+                           cfg.tracking.log_model, registered_name=registered_model_name(dataset))
     if tracker is not None and tracker.offline:
         print(tracker.offline_summary(), file=sys.stderr, flush=True)
     return outcomes
+
+
+def log_comparison(
+    tracker: Any, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
+    registered_name: str,
+) -> None:
+    """On the open pipeline run: the comparison as a table (``comparison.json``), the best
+    model's validation and test metrics (``best/...``) and the number of models
+    (``pipeline/models``, ``pipeline/failed``) so the runs list shows them; the best model on
+    validation tagged ``recvae.best_model`` on the pipeline run and on its own run; with
+    ``register``, the registry alias ``champion`` on its version."""
+    tracker.log_table(comparison.table(), TABLE_ARTIFACT)
+    metrics = {"pipeline/models": sum(o.ok for o in outcomes),
+               "pipeline/failed": sum(not o.ok for o in outcomes)}
+    best = comparison.best
+    if best is not None:
+        for key in (comparison.selection, *comparison.test_metrics):
+            if key in best.metrics:
+                metrics[f"best/{key}"] = best.metrics[key]
+        tracker.set_tags({"recvae.best_model": best.run_name,
+                          "recvae.selection_metric": comparison.selection})
+        run = tracker.model_run(best.run_name)
+        if run is not None:
+            tracker.set_tags({"recvae.best_model": "true"}, run=run)
+            if register:
+                tracker.set_model_alias(registered_name, CHAMPION_ALIAS, run=run)
+    tracker.log_metrics(metrics)
 
 
 RESULTS_FILES = ("results.csv", "results.json")
