@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 FILES = ("comparison.csv", "comparison.md", "comparison.png")
 TABLE_ARTIFACT = "comparison.json"  # the run's table (mlflow.log_table's format)
 DEFAULT_SELECTION = "val/ndcg_at_100"
+CHAMPION_ALIAS = "champion"  # the registry alias of the best model on validation
 
 
 @dataclass
@@ -148,6 +149,33 @@ class Comparison:
                 tmp, title=self.title, best=self.best.run_name if self.best is not None else None,
             )
         return [csv_path, md_path, png_path]
+
+
+def log_comparison(
+    tracker: Any, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
+    registered_name: str,
+) -> None:
+    """On the open pipeline run: the comparison as a table (``comparison.json``), the best
+    model's validation and test metrics (``best/...``) and the number of models
+    (``pipeline/models``, ``pipeline/failed``) so the runs list shows them; the best model on
+    validation tagged ``recvae.best_model`` on the pipeline run and on its own run; with
+    ``register``, the registry alias ``champion`` on its version."""
+    tracker.log_table(comparison.table(), TABLE_ARTIFACT)
+    metrics = {"pipeline/models": sum(o.ok for o in outcomes),
+               "pipeline/failed": sum(not o.ok for o in outcomes)}
+    best = comparison.best
+    if best is not None:
+        for key in (comparison.selection, *comparison.test_metrics):
+            if key in best.metrics:
+                metrics[f"best/{key}"] = best.metrics[key]
+        tracker.set_tags({"recvae.best_model": best.run_name,
+                          "recvae.selection_metric": comparison.selection})
+        run = tracker.model_run(best.run_name)
+        if run is not None:
+            tracker.set_tags({"recvae.best_model": "true"}, run=run)
+            if register:
+                tracker.set_model_alias(registered_name, CHAMPION_ALIAS, run=run)
+    tracker.log_metrics(metrics)
 
 
 def _num(value: Any) -> str:

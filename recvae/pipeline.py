@@ -19,14 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from recvae.comparison import TABLE_ARTIFACT, Comparison
+from recvae.comparison import Comparison, log_comparison
 from recvae.config import ModelConfig, PipelineConfig, build_model, select_models, to_dict
 from recvae.data.dataset import Dataset
 from recvae.data.ingest import drop_lines, ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file
-from recvae.models.base import EPOCH_SECONDS, VAL_CURVE, Callback, EpochReport, Recommender
+from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.recommend import write_recommendations
 from recvae.search.spec import SearchSpec, model_search
 
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("test/recall_at_20", "test/recall_at_50", "test/ndcg_at_100")
 SELECTION_METRIC = "val/ndcg_at_100"  # what picks epochs (and hyper-parameters): never the test
-SELECTION_CURVE = VAL_CURVE + "ndcg_at_100"  # its value after each epoch
-CHAMPION_ALIAS = "champion"  # the registry alias of the best model on validation
 
 
 @dataclass
@@ -68,12 +66,12 @@ def print_epoch(run_name: str, stream: Any = None) -> Callback:
         m = report.metrics
         parts = [f"[{run_name}] epoch {report.epoch:3d}"]
         for key, label in (
-            ("train/loss", "loss"), ("train/beta", "β"), (SELECTION_CURVE, "val NDCG@100"),
-            (EPOCH_SECONDS, "s"),
+            ("train/loss", "loss"), ("train/beta", "β"), ("val/ndcg_at_100", "val NDCG@100"),
+            ("epoch_seconds", "s"), ("fit_seconds", "fit s"),
         ):
             if key in m:
                 parts.append(f"{label} {m[key]:.4f}" if label != "s" else f"{m[key]:.1f}s")
-        if report.is_best and SELECTION_CURVE in m:  # without validation every epoch is "best"
+        if report.is_best and "val/ndcg_at_100" in m:  # without validation every epoch is "best"
             parts.append("*best")
         print("  ".join(parts), file=stream or sys.stdout, flush=True)
 
@@ -399,33 +397,6 @@ def run_pipeline(
     if tracker is not None and tracker.offline:
         print(tracker.offline_summary(), file=sys.stderr, flush=True)
     return outcomes
-
-
-def log_comparison(
-    tracker: Any, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
-    registered_name: str,
-) -> None:
-    """On the open pipeline run: the comparison as a table (``comparison.json``), the best
-    model's validation and test metrics (``best/...``) and the number of models
-    (``pipeline/models``, ``pipeline/failed``) so the runs list shows them; the best model on
-    validation tagged ``recvae.best_model`` on the pipeline run and on its own run; with
-    ``register``, the registry alias ``champion`` on its version."""
-    tracker.log_table(comparison.table(), TABLE_ARTIFACT)
-    metrics = {"pipeline/models": sum(o.ok for o in outcomes),
-               "pipeline/failed": sum(not o.ok for o in outcomes)}
-    best = comparison.best
-    if best is not None:
-        for key in (comparison.selection, *comparison.test_metrics):
-            if key in best.metrics:
-                metrics[f"best/{key}"] = best.metrics[key]
-        tracker.set_tags({"recvae.best_model": best.run_name,
-                          "recvae.selection_metric": comparison.selection})
-        run = tracker.model_run(best.run_name)
-        if run is not None:
-            tracker.set_tags({"recvae.best_model": "true"}, run=run)
-            if register:
-                tracker.set_model_alias(registered_name, CHAMPION_ALIAS, run=run)
-    tracker.log_metrics(metrics)
 
 
 RESULTS_FILES = ("results.csv", "results.json")

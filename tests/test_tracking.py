@@ -73,7 +73,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     model.fit(ds, callbacks=[callback])
                     for epoch in range(3):  # a trained model's learning curve
                         callback(EpochReport(epoch, {"train/loss": 3.0 - epoch,
-                                                     "val_curve/ndcg_at_100": 0.1 * epoch},
+                                                     "val/ndcg_at_100": 0.1 * epoch},
                                              is_best=epoch == 1))
                     result = evaluate(model.score, ds.test, ks=(100,))
                     tracker.log_final(result.as_metrics("test"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +32,8 @@ MODEL_FORMAT = 1
 class EpochReport:
     """What a model reports after each training epoch (or once, for closed-form models).
 
-    ``metrics`` uses stable names, the same for every model: ``train/loss``, ``train/kl``,
-    ``train/beta``, ``val_curve/ndcg_at_100`` (validation after the epoch: :data:`VAL_CURVE`),
-    ``time/epoch_seconds`` (:data:`EPOCH_SECONDS`) ... The final ``val/...`` metrics of the
-    selected model are computed by the caller, under their own names: a metric is either a
-    per-epoch curve or a single final value, never both.
+    ``metrics`` uses stable names: ``train/loss``, ``train/kl``, ``train/beta``,
+    ``val/ndcg_at_100``, ``epoch_seconds`` ...
     """
 
     epoch: int
@@ -44,12 +42,6 @@ class EpochReport:
 
 
 Callback = Callable[[EpochReport], None]
-
-#: Prefix of the per-epoch validation metrics in an :class:`EpochReport` (``val_curve/ndcg_at_100``);
-#: ``val/`` names the final metrics of the selected model.
-VAL_CURVE = "val_curve/"
-#: Per-epoch seconds of training, for every model that trains in epochs or iterations.
-EPOCH_SECONDS = "time/epoch_seconds"
 
 
 class NotFittedError(RecvaeError):
@@ -235,3 +227,9 @@ def report_all(callbacks: Sequence[Callback], report: EpochReport) -> None:
     """Hand ``report`` to every callback."""
     for callback in callbacks:
         callback(report)
+
+
+def report_fit_seconds(callbacks: Sequence[Callback], start: float) -> None:
+    """For models fitted in one go: a single epoch-0 report of the seconds since ``start``
+    (a ``time.perf_counter()`` value)."""
+    report_all(callbacks, EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start}))

@@ -13,6 +13,7 @@ n_items² × 8 bytes (float64) or × 4 bytes (float32), plus block-sized tempora
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from recvae.models.base import (
     Callback,
     Recommender,
     load_state_array,
+    report_fit_seconds,
     training_matrix,
 )
 from recvae.models.params import check_choice, check_real
@@ -70,11 +72,13 @@ class EASE(Recommender):
         checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = False,
     ) -> EASE:
-        """Solve for B on ``dataset.train`` (one solve: nothing is reported to ``callbacks``)."""
+        """Solve for B on ``dataset.train``; reports ``fit_seconds`` once (epoch 0) to callbacks."""
+        start = time.perf_counter()
         train = training_matrix(dataset, self.name)
         self.B_ = None  # a refit must not hold the old n_items² matrix alongside the new one
         self.B_ = ease_weights(train, self.l2, np.dtype(self.dtype))
         self.item_ids_ = dataset.item_ids
+        report_fit_seconds(callbacks, start)
         return self
 
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:

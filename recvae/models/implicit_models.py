@@ -16,6 +16,7 @@ metrics run after run on a CPU; BPR defaults to one thread for that (see ``BPR``
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,12 @@ from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.io import load_npz, save_npy
 from recvae.models.base import (
-    EPOCH_SECONDS,
     Callback,
     EpochReport,
     Recommender,
     load_state_array,
     report_all,
+    report_fit_seconds,
     training_matrix,
 )
 from recvae.models.params import check_choice, check_int, check_real
@@ -168,7 +169,7 @@ class ALS(_FactorModel):
 
     def _epoch_callback(self, train: sp.csr_matrix, callbacks: Sequence[Callback]) -> Callable:
         def on_epoch(epoch: int, seconds: float, loss: float | None) -> None:
-            metrics = {EPOCH_SECONDS: float(seconds)}
+            metrics = {"epoch_seconds": float(seconds)}
             if loss is not None:
                 metrics["train/loss"] = float(loss)
             report_all(callbacks, EpochReport(epoch=epoch, metrics=metrics))
@@ -256,7 +257,7 @@ class BPR(_FactorModel):
         samples = train.nnz  # implicit draws one (user, liked, sampled) triple per interaction
 
         def on_epoch(epoch: int, seconds: float, correct: int, skipped: int) -> None:
-            metrics = {EPOCH_SECONDS: float(seconds), "train/skipped": skipped / samples}
+            metrics = {"epoch_seconds": float(seconds), "train/skipped": skipped / samples}
             if samples > skipped:
                 metrics["train/auc"] = correct / (samples - skipped)
             report_all(callbacks, EpochReport(epoch=epoch, metrics=metrics))
@@ -321,10 +322,11 @@ class ItemKNN(Recommender):
         checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = False,
     ) -> ItemKNN:
-        """Compute the item-item similarity on ``dataset.train`` (one pass: nothing is reported)."""
+        """Compute the item-item similarity on ``dataset.train``; reports ``fit_seconds`` once."""
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
         from implicit.utils import ParameterWarning
 
+        start = time.perf_counter()
         train = sp.csr_matrix(training_matrix(dataset, self.name), dtype=np.float32)
         if self.similarity == "bm25":
             model = BM25Recommender(K=self.k, K1=self.k1, B=self.b, num_threads=self.num_threads)
@@ -336,6 +338,7 @@ class ItemKNN(Recommender):
             model.fit(train, show_progress=False)  # one pass, seconds at most: no unlabeled bar
         self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
         self.item_ids_ = dataset.item_ids
+        report_fit_seconds(callbacks, start)
         return self
 
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:

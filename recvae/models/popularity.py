@@ -6,6 +6,7 @@ The floor every personalised model must clear.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from recvae.models.base import (
     Callback,
     Recommender,
     load_state_array,
+    report_fit_seconds,
     training_matrix,
 )
 
@@ -50,12 +52,14 @@ class Popularity(Recommender):
         resume: bool = False,
     ) -> Popularity:
         """Count the distinct training users per item."""
+        start = time.perf_counter()
         train = training_matrix(dataset, self.name)
         # distinct users, whatever the stored values (play counts, confidences)
         self.counts_ = np.bincount(train.indices[train.data != 0], minlength=train.shape[1]).astype(
             np.float32
         )
         self.item_ids_ = dataset.item_ids
+        report_fit_seconds(callbacks, start)
         return self
 
     def _score(self, fold_in: sp.csr_matrix) -> np.ndarray:

@@ -44,7 +44,7 @@ from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file
-from recvae.models.base import VAL_CURVE, Callback, EpochReport, Recommender
+from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.search.spec import SELECTION_METRIC, SearchSpec
 from recvae.search.study import (
     ATTR_ERROR,
@@ -67,9 +67,7 @@ from recvae.search.study import (
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 5.0  # polling while other processes finish the last trials
-#: What each epoch reports of the selection metric (``val_curve/ndcg_at_100``): the pruner's input
-SELECTION_CURVE = VAL_CURVE + SELECTION_METRIC.removeprefix("val/")
-CURVE_KEYS = ("train/loss", "train/beta", SELECTION_CURVE)
+CURVE_KEYS = ("train/loss", "train/beta", SELECTION_METRIC)
 ATTR_VAL, ATTR_REFIT = "recvae.val", "recvae.refit_params"
 ATTR_EPOCH, ATTR_CURVE, ATTR_SECONDS = "recvae.best_epoch", "recvae.curve", "recvae.fit_seconds"
 BEST_FILE = "best.json"
@@ -361,7 +359,7 @@ def _pruning(trial: optuna.Trial) -> Callback:
     The model only sees an exception leave its callback."""
 
     def on_epoch(report: EpochReport) -> None:
-        value = report.metrics.get(SELECTION_CURVE)
+        value = report.metrics.get(SELECTION_METRIC)
         if value is None:
             return
         trial.report(float(value), report.epoch)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from recvae.models.base import VAL_CURVE
+from recvae.tracking.values import VAL_CURVE
 
 
 def plot_learning_curves(

@@ -66,7 +66,7 @@ from recvae.tracking.store import (
     short_digest,
 )
 from recvae.tracking.sync import StoreWriter, close_dead
-from recvae.tracking.values import finite_metrics, flatten_params, plain
+from recvae.tracking.values import curve_metrics, finite_metrics, flatten_params, plain
 
 TOPK_ARTIFACT_MAX_BYTES = 50 * 2**20
 TOPK_SAMPLE_ROWS = 100_000
@@ -767,6 +767,7 @@ class Tracker:
             return answer
 
     def _log_epoch(self, run: TrackedRun, epoch: int, metrics: dict[str, float], best: bool) -> None:
+        metrics = curve_metrics(metrics)
         new = {k: v for k, v in metrics.items() if (k, epoch) not in run.points}
         if best:
             run.best_epoch = epoch

@@ -116,10 +116,9 @@ class Autoencoder(Recommender):
         """Train on ``dataset.train``, selecting the epoch of best validation NDCG@100.
 
         Each epoch's :class:`~recvae.models.base.EpochReport` carries the step's ``train/...``
-        metrics (``train/loss`` always), ``time/epoch_seconds`` and, when the validation part
-        has targets, ``val_curve/ndcg_at_100``, ``val_curve/ndcg_at_20``,
-        ``val_curve/recall_at_20``, ``val_curve/recall_at_50``, ``val_curve/recall_full_at_20``
-        and ``time/val_seconds``. With
+        metrics (``train/loss`` always), ``epoch_seconds`` and, when the validation part has
+        targets, ``val/ndcg_at_100``, ``val/ndcg_at_20``, ``val/recall_at_20``,
+        ``val/recall_at_50``, ``val/recall_full_at_20`` and ``val_seconds``. With
         ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume=True`` continues
         from it exactly (or starts afresh when there is none).
         """
@@ -181,7 +180,7 @@ class Autoencoder(Recommender):
         save_arrays(path / WEIGHTS_FILE, {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()})
         # Without wall-clock timings, a saved model is a function of its data, params and seed:
         # two identical runs save identical files (the tracking store keeps one copy).
-        history = [{k: v for k, v in h.items() if not k.startswith("time/")} for h in self.history_]
+        history = [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in self.history_]
         training = {"best_epoch": self.best_epoch_, "history": history}
         (path / TRAINING_FILE).write_text(json.dumps(training, indent=1) + "\n")
 
@@ -292,7 +291,7 @@ class MultVAE(_LiangAutoencoder):
     Example::
 
         model = MultVAE(epochs=200).fit(dataset, checkpoint_dir="runs/ckpt/vae", resume=True)
-        model.history_[-1]["val_curve/ndcg_at_100"], model.best_epoch_
+        model.history_[-1]["val/ndcg_at_100"], model.best_epoch_
     """
 
     name: ClassVar[str] = "mult-vae"

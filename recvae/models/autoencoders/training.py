@@ -16,7 +16,7 @@ Example::
 
     step = ElboStep(net, lr=1e-3, anneal_cap=0.2, total_anneal_steps=200_000)
     state = train(step, dataset.train, dataset.validation, TrainConfig(epochs=200))
-    state.best_epoch, state.history[-1]["val_curve/ndcg_at_100"]
+    state.best_epoch, state.history[-1]["val/ndcg_at_100"]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file, binary_sink
 from recvae.models.autoencoders.nets import SparseRows
-from recvae.models.base import EPOCH_SECONDS, VAL_CURVE, Callback, EpochReport
+from recvae.models.base import Callback, EpochReport
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
@@ -338,7 +338,7 @@ def train(
         )
         with reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
             metrics = step.run(epoch, state)
-        metrics[EPOCH_SECONDS] = time.perf_counter() - t0
+        metrics["epoch_seconds"] = time.perf_counter() - t0
         loss = metrics["train/loss"]
         if not math.isfinite(loss):
             kept = (
@@ -355,8 +355,8 @@ def train(
             assert validation is not None
             t1 = time.perf_counter()
             scores = validation_metrics(net, validation, device, config.eval_batch_size)
-            metrics.update({f"{VAL_CURVE}{k}": v for k, v in scores.items()})
-            metrics["time/val_seconds"] = time.perf_counter() - t1
+            metrics.update({f"val/{k}": v for k, v in scores.items()})
+            metrics["val_seconds"] = time.perf_counter() - t1
             is_best = scores[SELECTION_METRIC] > state.best_score
             if is_best:
                 state.best_score = scores[SELECTION_METRIC]

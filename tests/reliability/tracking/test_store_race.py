@@ -30,6 +30,8 @@ def test_concurrent_runs_on_a_fresh_store_all_finish(n: int, tmp_path: Path, sto
         subprocess.Popen(
             [sys.executable, "-m", "recvae.cli", "run", str(yaml_path), "--quiet",
              "--set", f"output_dir={tmp_path / f'runs{i}'}", "--set", "tracking.log_model=false",
+             # relative to the working directory (the file's own uri is relative to its folder)
+             "--set", "tracking.uri=sqlite:///mlflow.db",
              "--set", "recommend.enabled=false"],
             cwd=fresh, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
@@ -42,5 +44,6 @@ def test_concurrent_runs_on_a_fresh_store_all_finish(n: int, tmp_path: Path, sto
     client = MlflowClient(f"sqlite:///{fresh / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ml-latest-small (strong)")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["popularity"] * n + ["quickstart"] * n
+    names = sorted(r.data.tags.get("recvae.pipeline", r.info.run_name) for r in runs)
+    assert names == ["popularity"] * n + ["quickstart"] * n
     assert {r.info.status for r in runs} == {"FINISHED"}
