@@ -257,6 +257,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if tracker is not None and outcome.run_id:
         print(f"\nMLflow run:   {outcome.run_id}   (store {tracker.uri})")
         print(f"open it:      {_ui_hint(tracker.uri, outcome.experiment_id, outcome.run_id)}")
+        if outcome.model_id:
+            print(f"model:        models:/{outcome.model_id}   (mlflow models serve -m models:/"
+                  f"{outcome.model_id} --env-manager local)")
         print(f"top-k files:  recvae recommend --run-id {outcome.run_id} --data {args.data} "
               "--out recs.parquet")
     return 0
