@@ -69,8 +69,8 @@ def plot_comparison(
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-        for y, v in zip(ys, vals, strict=True):
-            ax.annotate(f"{v:.1f}" if name.startswith("time/") else f"{v:.3f}", (v, y),
+        for y, v, e in zip(ys, vals, errs or [0.0] * len(vals), strict=True):  # right of the error bar
+            ax.annotate(f"{v:.1f}" if name.startswith("time/") else f"{v:.3f}", (v + e, y),
                         xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
