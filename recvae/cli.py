@@ -257,6 +257,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if tracker is not None and outcome.run_id:
         print(f"\nMLflow run:   {outcome.run_id}   (store {tracker.uri})")
         print(f"open it:      {_ui_hint(tracker.uri, outcome.experiment_id, outcome.run_id)}")
+        if outcome.model_id:
+            print(f"model:        models:/{outcome.model_id}   (mlflow models serve -m models:/"
+                  f"{outcome.model_id} --env-manager local)")
         print(f"top-k files:  recvae recommend --run-id {outcome.run_id} --data {args.data} "
               "--out recs.parquet")
     return 0
@@ -312,16 +315,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _model_from_run(run_id: str, tracking_uri: str | None) -> Path:
+    """The recvae model directory inside the LoggedModel of MLflow run ``run_id``, downloaded."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from recvae.pyfunc import MODEL_DIR_ARTIFACT
     from recvae.tracking import resolve_tracking_uri
+    from recvae.tracking.logged_model import model_of_run
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(uri)
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model")
-    except Exception as e:  # MLflow raises several types for a missing run or artifact
-        raise RecvaeError(f"--run-id {run_id}: cannot fetch its model artifact ({e})") from None
+        logged = model_of_run(client, run_id)
+        if logged is None:
+            raise RecvaeError(f"--run-id {run_id}: the run has no logged model (in {uri})")
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=logged.artifact_location, tracking_uri=uri
+        )
+    except (MlflowException, OSError) as e:
+        raise RecvaeError(f"--run-id {run_id}: cannot fetch its model from {uri} ({e})") from None
     found = list(Path(local).rglob("recvae_model.json"))
     if not found:
         raise RecvaeError(f"--run-id {run_id}: the run's model has no {MODEL_DIR_ARTIFACT} directory")

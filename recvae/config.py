@@ -382,14 +382,27 @@ def check_inputs(cfg: PipelineConfig) -> None:
         )
 
 
+#: Caps every model's ``epochs`` and ``iterations`` when set (smoke tests: the README test runs
+#: the README's commands as written, in seconds); unset, nothing is capped.
+MAX_EPOCHS_ENV = "RECVAE_MAX_EPOCHS"
+
+
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:
     """Instantiate the model of ``m`` with its params (unknown params are errors)."""
     from recvae.models import create_model, model_class
 
-    fields = {f.name for f in dataclasses.fields(model_class(m.model)) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(model_class(m.model)) if f.init}
     params = dict(m.params)
     if device is not None and "device" in fields and "device" not in params:
         params["device"] = device
+    cap = os.environ.get(MAX_EPOCHS_ENV, "").strip()
+    if cap:
+        if not cap.isdigit() or int(cap) < 1:
+            raise RecvaeError(f"{MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
+        for key in ("epochs", "iterations"):
+            if key in fields:
+                given = params.get(key, fields[key].default)
+                params[key] = min(int(given), int(cap)) if isinstance(given, int) else int(cap)
     return create_model(m.model, params, where=f"{where}.params")
 
 

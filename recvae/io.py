@@ -324,6 +324,18 @@ def save_npy(path: str | os.PathLike, array: Any) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+def save_arrays(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
+    """Named numpy arrays in one uncompressed ``.npz`` (never pickled: object arrays are refused).
+    A plain file object: zipfile needs to seek, and it keeps the errno of a failed write."""
+    import numpy as np
+
+    for name, array in arrays.items():
+        if np.asarray(array).dtype.hasobject:
+            raise RecvaeError(f"{path}: array {name!r} holds Python objects; expected numbers")
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
@@ -363,6 +375,21 @@ def load_npy(path: str | os.PathLike, expected: str = "a numpy .npy array") -> A
     p = Path(path)
     try:
         return np.load(p, allow_pickle=False)
+    except _ARRAY_ERRORS as e:
+        raise _unreadable(p, e, expected) from None
+
+
+def load_arrays(path: str | os.PathLike, expected: str = "named numpy arrays (.npz)") -> dict[str, Any]:
+    """Every array of an ``.npz`` written by :func:`save_arrays`, never unpickling; a bad file
+    (truncated, foreign, holding pickled objects) is a RecvaeError naming it."""
+    import numpy as np
+
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {name: npz[name] for name in npz.files}
     except _ARRAY_ERRORS as e:
         raise _unreadable(p, e, expected) from None
 

@@ -15,9 +15,11 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from recvae.comparison import Comparison, log_comparison
 from recvae.config import ModelConfig, PipelineConfig, build_model, select_models, to_dict
 from recvae.data.dataset import Dataset
 from recvae.data.ingest import drop_lines, ingest
@@ -53,6 +55,8 @@ class ModelOutcome:
     refit_epochs: int | None = None  # epochs of the refit, for models that train in epochs
     experiment_id: str | None = None  # MLflow's, when tracked
     parent_run_id: str | None = None  # the pipeline's MLflow run
+    selected_epoch: int | None = None  # the epoch selected on validation (models that train in epochs)
+    model_id: str | None = None  # the MLflow LoggedModel, when logged
 
 
 def print_epoch(run_name: str, stream: Any = None) -> Callback:
@@ -202,6 +206,7 @@ def train_and_evaluate(
             val_metrics = val.as_metrics("val")
             out.score_seconds = time.perf_counter() - t1
             out.refit_epochs, overrides = model.best_epoch_, model.refit_params()
+        out.selected_epoch = out.refit_epochs
         if refit:
             # drop the selected model first: EASE's weights alone are n_items² floats
             del model
@@ -220,15 +225,24 @@ def train_and_evaluate(
         t2 = time.perf_counter()
         test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds += time.perf_counter() - t2
-        out.metrics = {**val_metrics, **test.as_metrics("test")}
+        test_metrics = test.as_metrics("test")
+        out.metrics = {**val_metrics, **test_metrics}
         if tracker is not None:
-            tracker.log_final(out.metrics)
+            tracker.log_final(val_metrics)
             tracker.log_timings(
                 fit_seconds=out.fit_seconds, score_seconds=out.score_seconds,
                 refit_seconds=out.refit_seconds,
             )
             if out.refit_epochs is not None:
                 tracker.log_final({"refit/epochs": float(out.refit_epochs)})
+            if log_model:  # the test metrics, linked to the logged model and the test part
+                info = tracker.log_model(
+                    model, dataset, model_dir=model_dir, metrics=test_metrics,
+                    registered_model_name=registered_model_name(dataset) if register else None,
+                )
+                out.model_id = info.model_id if info is not None else None
+            else:
+                tracker.log_final(test_metrics)
 
         if recommend is not None and recommend.enabled:
             suffix = "csv" if recommend.format == "csv" else "parquet"
@@ -242,11 +256,6 @@ def train_and_evaluate(
             print(f"[{mc.run_name}] top-{recommend.k}: {topk.describe()} → {topk.path}", flush=True)
             if tracker is not None:
                 tracker.log_topk(topk.path)
-        if tracker is not None and log_model:
-            tracker.log_model(
-                model, dataset, model_dir=model_dir,
-                registered_model_name=registered_model_name(dataset, mc.run_name) if register else None,
-            )
     # known only now: a run created while the store was away gets its id at the first push
     out.run_id = run.run_id if run is not None else None
     out.ok = True
@@ -268,7 +277,7 @@ def _search(
         show_progress=show_progress, resume=resume, keep_best=not refit,
     )
     out.search, out.fit_seconds = found.summary(), found.wall_seconds
-    out.refit_epochs = found.best_epoch
+    out.refit_epochs = out.selected_epoch = found.best_epoch
     best_mc = replace(mc, params=found.params)
     if tracker is not None:
         tracker.log_params({"model": found.best_values, "search": {"best_trial": found.best_trial}})
@@ -347,6 +356,8 @@ def run_pipeline(
         tracker.start_pipeline(
             cfg.name, dataset=dataset, dataset_source=cfg.data.path, config=resolved,
             device=cfg.device, description=f"recvae pipeline {cfg.name}",
+            display_name=f"{cfg.name} {datetime.now():%Y-%m-%d %H:%M}",
+            tags={"recvae.pipeline": cfg.name},
         )
         if tracker is not None else contextlib.nullcontext()
     )
@@ -372,9 +383,17 @@ def run_pipeline(
                 outcome = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False, error=detail)
             outcomes.append(outcome)
             written = write_results(outcomes, output_dir, table_metrics)  # as each model ends
+        comparison = Comparison.of(outcomes, table_metrics, SELECTION_METRIC)
+        written += comparison.write(output_dir)
+        if comparison.best is not None:
+            print(f"best on validation ({SELECTION_METRIC}): {comparison.best.run_name}", flush=True)
         if tracker is not None:
+            from recvae.tracking import registered_model_name
+
             for path in written:
                 tracker.log_artifact(path)
+            log_comparison(tracker, comparison, outcomes, register=cfg.tracking.register and
+                           cfg.tracking.log_model, registered_name=registered_model_name(dataset))
     if tracker is not None and tracker.offline:
         print(tracker.offline_summary(), file=sys.stderr, flush=True)
     return outcomes

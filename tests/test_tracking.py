@@ -126,10 +126,12 @@ def test_epoch_metrics_have_steps(logged: dict) -> None:
     for run_id in logged["children"].values():
         history = client.get_metric_history(run_id, "train/loss")
         assert [(m.step, m.value) for m in history] == [(0, 3.0), (1, 2.0), (2, 1.0)]
-        # the final (selected) validation value comes after the curve: it is the latest value
-        val = client.get_metric_history(run_id, "val/ndcg_at_100")
-        assert [m.step for m in val] == [0, 1, 2, 3]
-        assert client.get_run(run_id).data.metrics["val/ndcg_at_100"] == val[-1].value
+        # the per-epoch validation curve and the final (selected) value have names of their own
+        curve = client.get_metric_history(run_id, "val_curve/ndcg_at_100")
+        assert [m.step for m in curve] == [0, 1, 2]
+        # final values: one point at step 0 each, so the chart view draws one bar per model
+        for key in ("val/ndcg_at_100", "test/ndcg_at_100", "time/fit_seconds"):
+            assert [m.step for m in client.get_metric_history(run_id, key)] == [0], key
 
 
 def test_final_metrics_share_names_across_models(logged: dict) -> None:
@@ -273,7 +275,7 @@ def test_config_uri_is_not_overridden_by_an_earlier_tracker(
 def test_experiment_name_and_flatten() -> None:
     ds = tiny_dataset()
     assert experiment_name(ds) == "tiny (strong)"
-    assert registered_model_name(ds, "ease") == "tiny-strong-ease"
+    assert registered_model_name(ds) == "tiny-strong"
     ds.manifest = {"name": "ml-1m", "split": {"method": "temporal"}, "protocol": "weak"}
     assert experiment_name(ds) == "ml-1m (temporal)"
     assert flatten_params({"a": {"b": {"c": 1}, "d": None}, "e": [1, 2], "f": {}}) == {

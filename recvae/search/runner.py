@@ -308,8 +308,7 @@ class _TrialRunner:
                               (ATTR_SECONDS, fit_seconds)):
                 trial.set_user_attr(key, attr)
             if trial_run is not None:
-                last = max((int(c["epoch"]) for c in curve), default=-1)
-                self.tracker.log_trial_result({**val, "time/fit_seconds": fit_seconds}, step=last + 1)
+                self.tracker.log_trial_result({**val, "time/fit_seconds": fit_seconds})
             if self.keep_dir is not None:
                 self._keep_if_best(trial, model, val[SELECTION_METRIC])
             if trial_run is not None:

@@ -1,9 +1,13 @@
-"""Figures logged as artifacts: learning curves per epoch."""
+"""Figures logged as artifacts: learning curves per epoch, the pipeline's comparison."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Any
+
+from recvae.tracking.values import VAL_CURVE
 
 
 def plot_learning_curves(
@@ -17,7 +21,7 @@ def plot_learning_curves(
     keys = sorted({k for _, m in history for k in m})
     panels = [
         ("training loss", [k for k in keys if k.startswith("train/") and "loss" in k]),
-        ("validation", [k for k in keys if k.startswith("val/")]),
+        ("validation", [k for k in keys if k.startswith(VAL_CURVE)]),
     ]
     panels = [(t, ks) for t, ks in panels if ks] or [("metrics", keys)]
     fig = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
@@ -36,4 +40,39 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def plot_comparison(
+    models: list[str], panels: list[tuple[str, list[Any], list[Any] | None]],
+    path: str | os.PathLike, *, title: str = "", best: str | None = None,
+) -> Path:
+    """PNG of horizontal bars, one panel per metric (``(name, values, standard errors or
+    None)``), one bar per model in the order given; ``best`` is drawn in its own colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height = 1.2 + 0.32 * max(len(models), 1)
+    fig = Figure(figsize=(3.4 * len(panels), height), layout="constrained")
+    FigureCanvasAgg(fig)
+    colors = ["tab:orange" if m == best else "tab:blue" for m in models]
+    ys = list(range(len(models)))
+    for i, (name, values, errors) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        vals = [v if isinstance(v, int | float) and math.isfinite(v) else 0.0 for v in values]
+        errs = None
+        if errors is not None:
+            errs = [e if isinstance(e, int | float) and math.isfinite(e) else 0.0 for e in errors]
+        ax.barh(ys, vals, xerr=errs, color=colors, capsize=2, error_kw={"lw": 0.8})
+        ax.set_yticks(ys, models if i == 0 else [""] * len(models), fontsize=8)
+        ax.invert_yaxis()  # the first (best) model on top
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        for y, v, e in zip(ys, vals, errs or [0.0] * len(vals), strict=True):  # right of the error bar
+            ax.annotate(f"{v:.1f}" if name.startswith("time/") else f"{v:.3f}", (v + e, y),
+                        xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100, format="png")
     return Path(path)

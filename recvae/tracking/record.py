@@ -6,9 +6,10 @@ One folder per MLflow run, ``<output_dir>/tracking/<name>.<uid8>/``:
   known), its status, the process that owns it, and ``confirmed``: the journal entries known to
   be in the store;
 - ``journal.jsonl``: one JSON line per logging operation (params, epoch metrics, final metrics,
-  tags, artifacts, dataset input, model, status), appended *before* the store is called;
+  tags, artifacts, tables, dataset inputs, the model, registry aliases, status), appended
+  *before* the store is called;
 - ``artifacts/``: the files the run logs that recvae writes (``config.yaml``, ``metrics.json``,
-  ``epochs.csv``, ``learning_curves.png``, samples): the local outputs themselves;
+  ``epochs.csv``, ``learning_curves.png``, samples, tables): the local outputs themselves;
 - ``heartbeat``: touched while the owning process lives.
 
 The record is the source of truth for ``recvae sync``: entries after ``confirmed`` are replayed,
@@ -74,8 +75,11 @@ class RunRecord:
         cls, records_dir: str | os.PathLike, *, name: str, kind: str, uri: str | None,
         experiment: str | None, artifact_location: str | None = None,
         parent_uid: str | None = None, tags: Mapping[str, str] | None = None,
+        display_name: str | None = None,
     ) -> RunRecord:
-        """A new record (a new MLflow run to be) under ``records_dir``; owned by this process."""
+        """A new record (a new MLflow run to be) under ``records_dir``; owned by this process.
+        ``name`` identifies the run (``--resume`` reopens the last of a name); the MLflow run is
+        named ``display_name`` (default: ``name``)."""
         uid = uuid.uuid4().hex
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80] or "run"
         path = Path(records_dir) / f"{safe}.{uid[:8]}"
@@ -85,7 +89,8 @@ class RunRecord:
             "format": RECORD_FORMAT, "uid": uid, "name": name, "kind": kind, "parent": parent_uid,
             "uri": uri, "experiment": experiment, "artifact_location": artifact_location,
             "experiment_id": None, "run_id": None, "status": "RUNNING", "start_time": now_ms(),
-            "end_time": None, "confirmed": 0, "resumes": 0, **owner(),
+            "end_time": None, "confirmed": 0, "resumes": 0, "display_name": display_name or name,
+            **owner(),
         }
         record = cls(path, meta, [])
         record.save()
@@ -130,6 +135,11 @@ class RunRecord:
     @property
     def name(self) -> str:
         return self.meta["name"]
+
+    @property
+    def display_name(self) -> str:
+        """The MLflow run's name."""
+        return self.meta.get("display_name") or self.meta["name"]
 
     @property
     def kind(self) -> str:

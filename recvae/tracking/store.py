@@ -197,10 +197,11 @@ def experiment_name(dataset: Dataset) -> str:
     protocol = split if isinstance(split, str) and split else dataset.protocol
     return f"{name} ({protocol})"
 
-def registered_model_name(dataset: Dataset, model: str) -> str:
-    """Model registry name for ``model`` trained on ``dataset``: ``ml-latest-small-strong-ease``."""
+def registered_model_name(dataset: Dataset) -> str:
+    """Model registry name for the models of ``dataset``'s experiment, ``ml-latest-small-strong``:
+    each registered model is a version of it, so that an alias (``champion``) picks among them."""
     m = dataset.manifest
-    return f"{m.get('name') or 'dataset'}-{experiment_name(dataset).split('(')[-1].rstrip(')')}-{model}"
+    return f"{m.get('name') or 'dataset'}-{experiment_name(dataset).split('(')[-1].rstrip(')')}"
 
 def dataset_digest(dataset: Dataset) -> str:
     """A short stable id of the dataset's content: the manifest's cache key or source checksum,

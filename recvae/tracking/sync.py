@@ -5,8 +5,10 @@
 one store. :meth:`StoreWriter.apply` sends an entry as it is (the tracker's live path, where
 every earlier entry is known to be in the store); :meth:`StoreWriter.complete` first reads what
 the store holds and sends only what is missing, so it can be repeated and never duplicates:
-params by key and value, metrics by key and step, tags by value, artifacts by path, the
-dataset input by name, digest and context, the model by name, and the final status.
+params by key and value, metrics by key and step, tags by value, artifacts and tables by path,
+the dataset input by name, digest and context, the model by name (its artifacts, run link,
+linked metrics and registered version each checked), registry aliases by target, and the final
+status.
 
 Example::
 
@@ -16,7 +18,9 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +52,8 @@ class Added:
     artifacts: int = 0
     inputs: int = 0
     models: int = 0
+    tables: int = 0
+    aliases: int = 0
     status: str | None = None
     created: bool = False
     problems: list[str] = field(default_factory=list)
@@ -55,12 +61,13 @@ class Added:
     @property
     def nothing(self) -> bool:
         return not (self.params or self.metrics or self.tags or self.artifacts or self.inputs
-                    or self.models or self.status or self.created)
+                    or self.models or self.tables or self.aliases or self.status or self.created)
 
     def describe(self) -> str:
         parts = [f"+{n} {what}" for n, what in (
             (self.params, "params"), (self.metrics, "metric points"), (self.tags, "tags"),
-            (self.artifacts, "artifacts"), (self.inputs, "inputs"), (self.models, "models"),
+            (self.artifacts, "artifacts"), (self.tables, "tables"), (self.inputs, "inputs"),
+            (self.models, "models"), (self.aliases, "aliases"),
         ) if n]
         if self.created:
             parts.insert(0, "created")
@@ -113,7 +120,7 @@ class StoreWriter:
             if parent_run_id:
                 tags[PARENT_TAG] = parent_run_id
             run = self.client.create_run(
-                exp_id, start_time=record.meta["start_time"], tags=tags, run_name=record.name
+                exp_id, start_time=record.meta["start_time"], tags=tags, run_name=record.display_name
             )
             run_id, created = run.info.run_id, True
         record.set_store(uri=self.uri, experiment_id=exp_id, run_id=run_id)
@@ -122,7 +129,7 @@ class StoreWriter:
     # ------------------------------------------------------------------ entries
     def apply(self, record: RunRecord, op: Mapping[str, Any]) -> Any:
         """Send one journal entry as it is; returns what the store answered for a model (its
-        ``ModelInfo``), else None."""
+        :class:`~recvae.tracking.logged_model.LoggedModelInfo`), else None."""
         run_id = record.run_id
         assert run_id is not None
         kind = op["op"]
@@ -137,8 +144,12 @@ class StoreWriter:
             self._artifact(record, op)
         elif kind == "input":
             self._input(run_id, op)
+        elif kind == "table":
+            self._table(record, op)
         elif kind == "model":
-            return self._model(record, op)
+            return self._model(record, op)[0]
+        elif kind == "alias":
+            self._alias(record, op)
         elif kind == "status":
             self._status(run_id, op)
         elif kind != "create":  # the run itself: made by open_run
@@ -205,17 +216,28 @@ class StoreWriter:
                 inputs.add((op["name"], op["digest"], op["context"]))
                 added.inputs += 1
 
-        models = {op["name"]: op for op in ops if op["op"] == "model"}
-        ready = self._ready_models(run) if models else set()
-        for name, op in models.items():
-            if name in ready:
+        tables = {op["artifact_file"]: op for op in ops if op["op"] == "table"}
+        shown = _logged_tables(run.data.tags)
+        for artifact_file, op in tables.items():
+            folder = posixpath.dirname(artifact_file)
+            if folder not in listed:
+                listed[folder] = {f.path for f in self.client.list_artifacts(run_id, folder or None)}
+            if artifact_file in listed[folder] and artifact_file in shown:
                 continue
-            problem = self._stale(record, op, key="model_dir")
+            problem = self._stale(record, op)
             if problem:
                 added.problems.append(problem)
                 continue
-            self._model(record, op)
-            added.models += 1
+            self._table(record, op)
+            added.tables += 1
+
+        # every model entry is completed (the model function adds only what is missing)
+        models = {op["name"]: op for op in ops if op["op"] == "model"}
+        for op in models.values():
+            _, changed = self._model(record, op, added.problems)
+            added.models += int(changed)
+        for op in {(o["registered_model_name"], o["alias"]): o for o in ops if o["op"] == "alias"}.values():
+            added.aliases += int(self._alias(record, op))
 
         final = next((op for op in reversed(record.ops) if op["op"] == "status"), None)
         if final is not None and final["status"] != run.info.status:
@@ -262,18 +284,60 @@ class StoreWriter:
         entity = DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])
         self.client.log_inputs(run_id, datasets=[entity])
 
-    def _model(self, record: RunRecord, op: Mapping[str, Any]) -> Any:
+    def _table(self, record: RunRecord, op: Mapping[str, Any]) -> None:
+        """The table file as an artifact, and the run's ``mlflow.loggedArtifacts`` tag naming it
+        a table: what ``MlflowClient.log_table`` does, except that logging it again replaces
+        the table (``log_table`` appends the rows to the artifact already there)."""
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        run_id = record.run_id
+        artifact_file = op["artifact_file"]
+        folder = posixpath.dirname(artifact_file) or None
+        path = record.resolve(op["file"])
+        if path.name != posixpath.basename(artifact_file):
+            raise RecvaeError(f"{record.path}: table {artifact_file!r} names the file {path.name}")
+        self.client.log_artifact(run_id, str(path), folder)
+        tags = self.client.get_run(run_id).data.tags
+        shown = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in shown:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*shown, entry]))
+
+    def _model(
+        self, record: RunRecord, op: Mapping[str, Any], problems: list[str] | None = None,
+    ) -> tuple[Any, bool]:
+        """The LoggedModel of a model entry, completed as far as the store lacks it (see
+        :func:`~recvae.tracking.logged_model.ensure_logged_model`); ``(info, changed)``. A model
+        that must still be uploaded from a folder gone or replaced since is a problem (with
+        ``problems``) or an error."""
         import pandas as pd
 
-        from recvae.tracking.logged_model import log_pyfunc
+        from recvae.tracking.logged_model import ModelSpec, ensure_logged_model, model_of_run
 
         assert record.run_id is not None
-        return log_pyfunc(
-            self.client, self.uri, self.experiment_id(record), record.run_id,
-            model_dir=str(record.resolve(op["model_dir"])), name=op["name"], k=op["k"],
-            example=pd.DataFrame(op["example"]), registered_model_name=op.get("registered_model_name"),
-            metadata=op.get("metadata") or {},
+        if model_of_run(self.client, record.run_id, op["name"]) is None:
+            problem = self._stale(record, op, key="model_dir")
+            if problem is not None:
+                if problems is None:
+                    raise RecvaeError(problem)
+                problems.append(problem)
+                return None, False
+        spec = ModelSpec(
+            name=op["name"], model_dir=record.resolve(op["model_dir"]),
+            digest=op.get("digest") or "", k=int(op["k"]), example=pd.DataFrame(op["example"]),
+            params=op.get("params") or record.merged("params"), metadata=op.get("metadata") or {},
+            metrics=op.get("metrics") or {}, dataset=op.get("dataset"),
+            time=int(op.get("time") or record.meta["start_time"]),
+            registered_model_name=op.get("registered_model_name"),
         )
+        return ensure_logged_model(self.client, self.uri, self.experiment_id(record), record.run_id, spec)
+
+    def _alias(self, record: RunRecord, op: Mapping[str, Any]) -> bool:
+        from recvae.tracking.logged_model import ensure_alias
+
+        assert record.run_id is not None
+        return ensure_alias(self.client, op["registered_model_name"], op["alias"], record.run_id,
+                            op["model"])
 
     def _status(self, run_id: str, op: Mapping[str, Any]) -> None:
         if op["status"] in TERMINAL:
@@ -282,17 +346,6 @@ class StoreWriter:
             self.client.update_run(run_id, status=op["status"])
 
     # ------------------------------------------------------------------ comparisons
-    def _ready_models(self, run: Any) -> set[str]:
-        from mlflow.entities import LoggedModelStatus
-
-        names = set()
-        outputs = run.outputs.model_outputs if run.outputs is not None else []
-        for out in outputs:
-            model = self.client.get_logged_model(out.model_id)
-            if model.status == LoggedModelStatus.READY:
-                names.add(model.name)
-        return names
-
     @staticmethod
     def _stale(record: RunRecord, op: Mapping[str, Any], key: str = "file") -> str | None:
         """Why a referenced output can no longer be uploaded (gone, or replaced since; the
@@ -311,6 +364,17 @@ def _dest(op: Mapping[str, Any]) -> str:
     """Where an artifact entry's file lands in the run."""
     name = Path(op["file"]).name
     return f"{op['artifact_path']}/{name}" if op.get("artifact_path") else name
+
+
+def _logged_tables(tags: Mapping[str, str]) -> set[str]:
+    """The artifacts a run's ``mlflow.loggedArtifacts`` tag names as tables."""
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    try:
+        entries = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    except json.JSONDecodeError:
+        return set()
+    return {e.get("path") for e in entries if isinstance(e, dict) and e.get("type") == "table"}
 
 
 def _context(dataset_input: Any) -> str | None:

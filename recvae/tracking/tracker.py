@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -51,7 +52,7 @@ from recvae.io import atomic_file
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.tracking.artifacts import sample_name, write_head_sample
 from recvae.tracking.guard import Guard
-from recvae.tracking.logged_model import input_example
+from recvae.tracking.logged_model import LoggedModelInfo, content_digest, input_example
 from recvae.tracking.plots import plot_learning_curves
 from recvae.tracking.record import RECORDS_DIR, Heartbeat, RunRecord, file_stamp, list_records, now_ms
 from recvae.tracking.store import (
@@ -65,7 +66,7 @@ from recvae.tracking.store import (
     short_digest,
 )
 from recvae.tracking.sync import StoreWriter, close_dead
-from recvae.tracking.values import finite_metrics, flatten_params, plain
+from recvae.tracking.values import curve_metrics, finite_metrics, flatten_params, plain
 
 TOPK_ARTIFACT_MAX_BYTES = 50 * 2**20
 TOPK_SAMPLE_ROWS = 100_000
@@ -221,16 +222,19 @@ class Tracker:
         description: str | None = None,
         device: str | None = None,
         tags: Mapping[str, str] | None = None,
+        display_name: str | None = None,
     ) -> Iterator[TrackedRun]:
         """Parent run of a pipeline: logs the flattened ``config`` as params and as
-        ``config.yaml``, the dataset input and tags. Model runs started inside nest under it."""
+        ``config.yaml``, the dataset input and tags. Model runs started inside nest under it.
+        The MLflow run is named ``display_name`` (e.g. ``quickstart 2026-12-01 19:04``, so that
+        repeated runs are told apart); ``run_name`` is what ``resume`` finds it by."""
         if dataset is not None:
             self.dataset = dataset
             self.dataset_source = None if dataset_source is None else str(dataset_source)
         self.device = device or self.device
         with self.start_run(
             run_name or "pipeline", kind="pipeline", params=config, config=config,
-            experiment=experiment, description=description, tags=tags,
+            experiment=experiment, description=description, tags=tags, display_name=display_name,
         ) as run:
             yield run
 
@@ -272,6 +276,7 @@ class Tracker:
         experiment: str | None = None,
         description: str | None = None,
         tags: Mapping[str, str] | None = None,
+        display_name: str | None = None,
     ) -> Iterator[TrackedRun]:
         """A run of any ``kind`` (tag ``recvae.run_type``), nested under the open run if any:
         the building block of :meth:`start_pipeline` and :meth:`start_model`.
@@ -287,7 +292,7 @@ class Tracker:
         all_tags = {**self._base_tags(), "recvae.run_type": kind, **(tags or {})}
         if description:
             all_tags["mlflow.note.content"] = description
-        run = self._open(name, kind, parent, all_tags)
+        run = self._open(name, kind, parent, all_tags, display_name)
         self._stack.append(run)
         self._opened.append(run)
         self._heartbeat.add(run.record)
@@ -338,9 +343,9 @@ class Tracker:
                 if trial.state == "PRUNED":  # an exception that is not a failure
                     run.end_status = TRIAL_STATUS["PRUNED"]
 
-    def log_trial_result(self, metrics: Mapping[str, float], *, step: int) -> None:
-        """A trial's final metrics (its model's validation scores, fit seconds) at ``step``."""
-        self.log_metrics(metrics, step=step)
+    def log_trial_result(self, metrics: Mapping[str, float]) -> None:
+        """A trial's final metrics (its model's validation scores, fit seconds), at step 0."""
+        self.log_metrics(metrics, step=0)
 
     def close_stale_run(self, run_id: str, reason: str) -> None:
         """End a run left RUNNING by a process that died (status FAILED, tag ``recvae.failed``);
@@ -409,9 +414,10 @@ class Tracker:
             return  # the same file is already in the store
         self._log(run, {"op": "artifact", "file": ref, "artifact_path": artifact_path, "stamp": stamp})
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Tags on the open run (values as strings)."""
-        run = self._current()
+    def set_tags(self, tags: Mapping[str, Any], *, run: TrackedRun | None = None) -> None:
+        """Tags on the open run, or on ``run`` (one of this tracker's runs, even once ended:
+        e.g. the best model's run, tagged at the end of the pipeline); values as strings."""
+        run = run or self._current()
         have = run.record.merged("tags")
         new = {k: str(v) for k, v in tags.items() if have.get(k) != str(v)}
         if new:
@@ -452,18 +458,16 @@ class Tracker:
             run.best_epoch = int(best_epoch)
 
     def log_final(self, metrics: Mapping[str, float]) -> None:
-        """Final metrics (``test/ndcg_at_100``, ``val/recall_at_20``, ...): the same names for
-        every model so the compare view lines them up. Also kept for ``metrics.json``.
-
-        Logged at step = last reported epoch + 1, so that a final value is its metric's latest
-        (what the runs table and compare view show) even where a per-epoch curve has the same
-        name, e.g. ``val/ndcg_at_100`` of the selected epoch after the last epoch's value.
-        """
+        """Final metrics (``test/ndcg_at_100``, ``val/recall_at_20``, ``time/fit_seconds``, ...):
+        the same names for every model, one value each at step 0, so that the compare view
+        lines them up and the chart view draws one bar per model. (Per-epoch curves have names
+        of their own, e.g. ``val_curve/ndcg_at_100``: a name is a curve or a final value.)
+        Also kept for ``metrics.json``."""
         run = self._current()
         values = finite_metrics(metrics)
         run.final.update(values)
         if values:
-            self.log_metrics(values, step=max(run.curve) + 1 if run.curve else 0)
+            self.log_metrics(values, step=0)
 
     def log_timings(
         self, *, fit_seconds: float | None = None, score_seconds: float | None = None,
@@ -478,18 +482,29 @@ class Tracker:
 
     def log_dataset(
         self, dataset: Dataset, *, source: str | os.PathLike | None = None,
-        context: str = "training",
-    ) -> None:
+        context: str = "training", part: str | None = None,
+    ) -> dict[str, str]:
         """The dataset as an MLflow input (a one-row summary frame named after the dataset, with
-        its digest) and the ``recvae.dataset_digest`` tag."""
+        its digest) and the ``recvae.dataset_digest`` tag; with ``part`` (``"test"``), that part
+        of it as a dataset of its own (``ml-latest-small:test``, context ``part``), which
+        metrics on it can name. Returns the input's ``{"name", "digest"}``."""
         run = self._current()
         digest = dataset_digest(dataset)
         name = str(dataset.manifest.get("name") or "dataset")
         src = str(source) if source is not None else str(dataset.manifest.get("path") or name)
+        summary = dataset.summary()
+        if part is not None:
+            name, digest, context = f"{name}:{part}", short_digest(f"{digest}:{part}"), part
+            split = dataset.part(part)
+            summary = {"part": part, "users": int(split.fold_in.shape[0]), "items": dataset.n_items,
+                       "fold_in_interactions": int(split.fold_in.nnz),
+                       "heldout_interactions": int(split.holdout.nnz)}
         entry = {"name": name, "digest": short_digest(digest), "source": src, "context": context}
         if not run.record.has("input", **entry):
-            self._log(run, {"op": "input", **entry, "summary": plain(dataset.summary())})
-        self.set_tags({"recvae.dataset_digest": digest})
+            self._log(run, {"op": "input", **entry, "summary": plain(summary)})
+        if part is None:
+            self.set_tags({"recvae.dataset_digest": digest})
+        return {"name": entry["name"], "digest": entry["digest"]}
 
     def log_learning_curves(self, name: str = "learning_curves.png") -> bool:
         """Plot train loss and validation NDCG@100 (and other ``val/`` metrics) per epoch.
@@ -541,35 +556,83 @@ class Tracker:
         model: Recommender,
         dataset: Dataset | None = None,
         *,
-        name: str = "model",
+        name: str | None = None,
         k: int = 10,
+        metrics: Mapping[str, float] | None = None,
         registered_model_name: str | None = None,
         model_dir: str | os.PathLike | None = None,
-    ) -> mlflow.models.model.ModelInfo | None:
-        """Log ``model`` as an MLflow pyfunc model (:class:`recvae.pyfunc.RecvaeTopK`) that maps
-        a DataFrame ``user_id, item_id`` of histories to ``user_id, rank, item_id, score``.
+    ) -> LoggedModelInfo | None:
+        """Log ``model`` as an MLflow LoggedModel named ``name`` (default: the run's name, e.g.
+        ``mult-vae``): the pyfunc :class:`recvae.pyfunc.RecvaeTopK` (logged from code), which
+        maps a DataFrame ``user_id, item_id`` of histories to ``user_id, rank, item_id, score``.
 
-        ``model_dir`` is where the model is already saved (else it is saved into the run's
-        record). Optionally registers it as ``registered_model_name``. Returns the ModelInfo
-        (None while the store is away: ``recvae sync`` logs it later). Load it with
-        ``mlflow.pyfunc.load_model(info.model_uri)``; ``predict(df, params={"k": 20})``.
+        ``metrics`` (the test metrics) are logged on the run linked to the model and to the
+        dataset's test part (an input of the run); they are final metrics like
+        :meth:`log_final`'s. ``model_dir`` is where the model is already saved (else it is
+        saved into the run's record). A model identical to one logged before in the experiment
+        (same name and files) is linked, not stored again. ``registered_model_name`` registers
+        it (see :meth:`set_model_alias`). Returns where it is (None while the store is away:
+        ``recvae sync`` logs it later). ``mlflow.pyfunc.load_model(info.model_uri)
+        .predict(df, params={"k": 20})``.
         """
         run = self._current()
+        name = name or run.name
         if any(op["op"] == "model" and op["name"] == name and op["seq"] <= run.record.confirmed
                for op in run.record.ops):
             return None  # a reopened run that already has its model
         if model_dir is None:
             model_dir = model.save(run.record.path / "model" / "recvae_model")
         model_dir = Path(model_dir)
-        example = input_example(model, dataset or self.dataset)
+        dataset = dataset or self.dataset
+        values = finite_metrics(metrics or {})
+        test_data = self.log_dataset(dataset, source=self.dataset_source, part="test") if (
+            values and dataset is not None) else None
+        run.final.update(values)
+        run.points.update((key, 0) for key in values)
+        example = input_example(model, dataset)
         op = {
             "op": "model", "name": name, "model_dir": run.record.ref(model_dir),
-            "stamp": file_stamp(model_dir), "k": int(k),
+            "stamp": file_stamp(model_dir), "digest": content_digest(model_dir), "k": int(k),
             "registered_model_name": registered_model_name,
             "example": {c: [plain(v) for v in example[c]] for c in example.columns},
             "metadata": {"recvae_model": model.name, "recvae_version": recvae.__version__},
+            "params": run.record.merged("params"), "metrics": values, "dataset": test_data,
+            "time": now_ms(),
         }
         return self._log(run, op)
+
+    def log_table(self, data: Mapping[str, Sequence[Any]], artifact_file: str) -> Path:
+        """A table (``{column: values}``) as the run's artifact ``artifact_file`` (``.json``), in
+        the form ``mlflow.log_table`` writes, so the MLflow UI shows it as a table (artifact
+        view, evaluation view); returns the local file. Logging it again replaces it."""
+        run = self._current()
+        frame = pd.DataFrame({k: list(v) for k, v in data.items()})
+        path = run.record.artifacts_dir / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            tmp.write_text(frame.to_json(orient="split", index=False) + "\n")
+        self._log(run, {"op": "table", "file": run.record.ref(path), "artifact_file": artifact_file,
+                        "stamp": file_stamp(path)})
+        return path
+
+    def set_model_alias(self, registered_model_name: str, alias: str, *, run: TrackedRun) -> None:
+        """Point the registry alias ``alias`` (e.g. ``champion``) at the registered version of
+        ``run``'s logged model (``run``: a model run of this tracker, logged with
+        ``registered_model_name``)."""
+        model = next((op["name"] for op in reversed(run.record.ops) if op["op"] == "model"), None)
+        if model is None:
+            raise RecvaeError(f"alias {alias!r}: run {run.name} logged no model")
+        op = {"op": "alias", "registered_model_name": registered_model_name, "alias": alias,
+              "model": model}
+        if not any(all(o.get(k) == v for k, v in op.items()) for o in run.record.ops):
+            self._log(run, op)
+
+    def model_run(self, name: str) -> TrackedRun | None:
+        """The last model run named ``name`` this tracker opened under the open run."""
+        parent = self.active
+        found = [r for r in self._opened
+                 if r.name == name and r.record.kind == "model" and r.parent is parent]
+        return found[-1] if found else None
 
     # ------------------------------------------------------------- internals
     def _current(self) -> TrackedRun:
@@ -595,7 +658,10 @@ class Tracker:
         if ok:
             self.experiment_id = exp_id
 
-    def _open(self, name: str, kind: str, parent: TrackedRun | None, tags: dict[str, str]) -> TrackedRun:
+    def _open(
+        self, name: str, kind: str, parent: TrackedRun | None, tags: dict[str, str],
+        display_name: str | None = None,
+    ) -> TrackedRun:
         """A new run's record, or (``resume``) the last one of this name, kind and parent."""
         parent_uid = parent.record.uid if parent is not None else None
         previous = self._previous(name, kind, parent_uid) if self.resume else None
@@ -606,7 +672,7 @@ class Tracker:
                 self.records_dir, name=name, kind=kind, uri=self.uri, experiment=self.experiment,
                 artifact_location=self.artifact_location
                 or default_artifact_location(self.uri, self.experiment or "recvae"),
-                parent_uid=parent_uid, tags=resolve_tags(tags),
+                parent_uid=parent_uid, tags=resolve_tags(tags), display_name=display_name,
             )
             run = TrackedRun(record, parent, reopened=False)
         else:
@@ -701,6 +767,7 @@ class Tracker:
             return answer
 
     def _log_epoch(self, run: TrackedRun, epoch: int, metrics: dict[str, float], best: bool) -> None:
+        metrics = curve_metrics(metrics)
         new = {k: v for k, v in metrics.items() if (k, epoch) not in run.points}
         if best:
             run.best_epoch = epoch

@@ -30,6 +30,27 @@ def flatten_params(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[st
         out[name[:MAX_PARAM_KEY]] = text[:MAX_PARAM_VALUE]
     return out
 
+#: Prefix of the per-epoch validation curve in MLflow (``val_curve/ndcg_at_100``): ``val/`` names
+#: the final metrics of the selected model, one value each, so a name is a curve or a value.
+VAL_CURVE = "val_curve/"
+#: Per-epoch timings as models report them → their MLflow names, the same for every model.
+#: ``fit_seconds`` (one report of a model fitted in one go) is left out: the pipeline logs every
+#: model's ``time/fit_seconds`` as a final value.
+EPOCH_TIMINGS = {"epoch_seconds": "time/epoch_seconds", "val_seconds": "time/val_seconds",
+                 "fit_seconds": None}
+
+
+def curve_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A model's per-epoch metrics (``val/ndcg_at_100``, ``epoch_seconds``, ``train/loss``) under
+    their MLflow curve names (``val_curve/ndcg_at_100``, ``time/epoch_seconds``, ``train/loss``)."""
+    out = {}
+    for key, value in metrics.items():
+        name = EPOCH_TIMINGS.get(key, key)
+        if name is not None:
+            out[VAL_CURVE + name[4:] if name.startswith("val/") else name] = value
+    return out
+
+
 def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Numeric, finite values as floats (MLflow rejects None and strings; NaN is noise)."""
     out = {}

@@ -116,7 +116,7 @@ def test_trials_are_nested_runs_and_the_best_trials_model_is_the_final_one(
         assert run.data.tags["recvae.trial_state"] == state
         assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[state]
         assert float(run.data.params["model.lr"]) == study.trials[number].params["lr"]
-        curve = client.get_metric_history(run.info.run_id, "val/ndcg_at_100")
+        curve = client.get_metric_history(run.info.run_id, "val_curve/ndcg_at_100")
         epochs = sorted(m.step for m in curve if m.step <= 3)
         assert epochs == ([1] if state == "PRUNED" else [1, 2, 3]), epochs
 

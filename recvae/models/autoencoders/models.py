@@ -31,7 +31,7 @@ from torch import nn
 from recvae.batching import row_batches
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.io import read_json
+from recvae.io import load_arrays, read_json, save_arrays
 from recvae.models.autoencoders.nets import (
     ACTIVATIONS,
     DAE,
@@ -50,7 +50,6 @@ from recvae.models.autoencoders.training import (
     TrainConfig,
     TrainingStep,
     load_tensors,
-    save_tensors,
     torch_threads,
     train,
 )
@@ -65,7 +64,8 @@ from recvae.models.params import (
     is_int,
 )
 
-WEIGHTS_FILE = "weights.pt"
+WEIGHTS_FILE = "weights.npz"
+LEGACY_WEIGHTS_FILE = "weights.pt"
 TRAINING_FILE = "training.json"
 # ``total_anneal_steps: auto``: β reaches its cap at the same fraction of training as in the
 # paper's ML-20M run, where cap 0.2 × 200,000 steps = step 40,000 of 200 epochs × 234 batches.
@@ -186,27 +186,38 @@ class Autoencoder(Recommender):
         return out
 
     def _save_state(self, path: Path) -> None:
+        # Plain arrays, not torch.save's pickle: loading a model (MLflow serving included)
+        # unpickles nothing.
         net = self._net()
-        save_tensors({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / WEIGHTS_FILE)
-        training = {"best_epoch": self.best_epoch_, "history": self.history_}
+        save_arrays(path / WEIGHTS_FILE, {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()})
+        # Without wall-clock timings, a saved model is a function of its data, params and seed:
+        # two identical runs save identical files (the tracking store keeps one copy).
+        history = [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in self.history_]
+        training = {"best_epoch": self.best_epoch_, "history": history}
         (path / TRAINING_FILE).write_text(json.dumps(training, indent=1) + "\n")
 
     def _load_state(self, path: Path) -> None:
         # A model trained on CUDA loads (and scores) on CPU where CUDA is absent.
         device = resolve_device(self.device, strict=False, name=self.name)
-        state = load_tensors(path / WEIGHTS_FILE, device, f"the weights of a {self.name}")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise RecvaeError(
-                f"{path / WEIGHTS_FILE}: expected a mapping of tensor names to tensors (a "
-                f"{self.name}'s state_dict), got {type(state).__name__}"
-            )
+        weights = path / WEIGHTS_FILE
+        expected = f"the weights of a {self.name}"
+        if not weights.is_file() and (path / LEGACY_WEIGHTS_FILE).is_file():
+            weights = path / LEGACY_WEIGHTS_FILE  # saved by recvae before the .npz format
+            state = load_tensors(weights, device, expected)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise RecvaeError(
+                    f"{weights}: expected a mapping of tensor names to tensors (a "
+                    f"{self.name}'s state_dict), got {type(state).__name__}"
+                )
+        else:
+            state = {k: torch.from_numpy(v) for k, v in load_arrays(weights, expected).items()}
         net = self._new_net(self.n_items).to(device)
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
             raise RecvaeError(
-                f"{path / WEIGHTS_FILE}: weights do not match a {self.name} with "
+                f"{weights}: weights do not match a {self.name} with "
                 f"{self.n_items} items and this config ({first})"
             ) from None
         net.eval()

@@ -36,14 +36,16 @@ def pipeline_file(
 
 
 def store_view(uri: str) -> dict[str, dict]:
-    """Every run of the store, keyed by run name (a name twice is an error): id, status, parent
+    """Every run of the store, keyed by run name (a pipeline run by its pipeline's name, without
+    the start time its MLflow name shows; a name twice is an error): id, status, parent
     id, params, tags, metric histories ``[(step, value)]`` without timings, artifact paths
     (two levels) and the status of its logged models."""
     client = MlflowClient(uri)
     runs: dict[str, dict] = {}
     for exp in client.search_experiments():
         for r in client.search_runs([exp.experiment_id]):
-            assert r.info.run_name not in runs, f"two runs named {r.info.run_name}"
+            name = r.data.tags.get("recvae.pipeline", r.info.run_name)
+            assert name not in runs, f"two runs named {name}"
             history = {
                 k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
                 for k in r.data.metrics if not any(t in k for t in TIMING)
@@ -51,7 +53,7 @@ def store_view(uri: str) -> dict[str, dict]:
             top = [a for a in client.list_artifacts(r.info.run_id)]
             nested = [a.path for d in top if d.is_dir for a in client.list_artifacts(r.info.run_id, d.path)]
             outputs = r.outputs.model_outputs if r.outputs else []
-            runs[r.info.run_name] = {
+            runs[name] = {
                 "id": r.info.run_id, "status": r.info.status, "params": r.data.params,
                 "parent": r.data.tags.get("mlflow.parentRunId"), "metrics": history,
                 "artifacts": sorted({a.path for a in top} | set(nested)), "tags": r.data.tags,

@@ -46,5 +46,6 @@ def test_concurrent_runs_on_a_fresh_store_all_finish(n: int, tmp_path: Path, sto
     client = MlflowClient(f"sqlite:///{fresh / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ml-latest-small (strong)")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["popularity"] * n + ["quickstart"] * n
+    names = sorted(r.data.tags.get("recvae.pipeline", r.info.run_name) for r in runs)  # dated
+    assert names == ["popularity"] * n + ["quickstart"] * n
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -1,0 +1,186 @@
+"""The pipeline's comparison of its models: one row per model, the validation metric that
+selected it, the test metrics with their standard errors, fit seconds, the selected epoch and
+(for tuned models) the trial counts; as CSV, Markdown and a bar chart, and as the table the
+pipeline's MLflow run shows.
+
+The best model is the best on validation (``val/ndcg_at_100``), never on test.
+
+Example::
+
+    table = Comparison.of(outcomes, ["test/recall_at_20", "test/ndcg_at_100"])
+    table.best.run_name, table.write("runs/quickstart")   # comparison.csv, .md, .png
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recvae.io import atomic_file
+
+if TYPE_CHECKING:
+    from recvae.pipeline import ModelOutcome
+
+FILES = ("comparison.csv", "comparison.md", "comparison.png")
+TABLE_ARTIFACT = "comparison.json"  # the run's table (mlflow.log_table's format)
+DEFAULT_SELECTION = "val/ndcg_at_100"
+CHAMPION_ALIAS = "champion"  # the registry alias of the best model on validation
+
+
+@dataclass
+class Comparison:
+    """Rows (one per model, best on validation first, failed models last) and the columns."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    selection: str
+    test_metrics: list[str]
+    best: ModelOutcome | None
+    test_users: int | None
+
+    @classmethod
+    def of(
+        cls, outcomes: Sequence[ModelOutcome], test_metrics: Sequence[str],
+        selection: str = DEFAULT_SELECTION,
+    ) -> Comparison:
+        """The comparison of ``outcomes`` on ``test_metrics`` (``test/...`` names)."""
+        tuned = any(o.search for o in outcomes)
+        columns = ["model", "type", selection]
+        for m in test_metrics:
+            columns += [m, f"{m}_stderr"]
+        columns += ["time/fit_seconds", "selected_epoch"]
+        if tuned:
+            columns += ["trials_complete", "trials_pruned", "trials_failed"]
+        columns.append("status")
+
+        def score(o: ModelOutcome) -> float:
+            value = o.metrics.get(selection) if o.ok else None
+            return -math.inf if value is None or not math.isfinite(value) else value
+
+        ranked = sorted(outcomes, key=lambda o: (not o.ok, -score(o)))  # stable: file order on ties
+        rows = []
+        for o in ranked:
+            row: dict[str, Any] = {"model": o.run_name, "type": o.model, selection: o.metrics.get(selection)}
+            for m in test_metrics:
+                row[m] = o.metrics.get(m)
+                row[f"{m}_stderr"] = o.metrics.get(f"{m}_stderr")
+            row["time/fit_seconds"] = o.fit_seconds
+            row["selected_epoch"] = o.selected_epoch
+            if tuned:
+                s = o.search or {}
+                for k in ("complete", "pruned", "failed"):
+                    row[f"trials_{k}"] = s.get(k)
+            row["status"] = "ok" if o.ok else "FAILED"
+            rows.append(row)
+        best = ranked[0] if ranked and score(ranked[0]) > -math.inf else None
+        part = test_metrics[0].split("/", 1)[0] if test_metrics else "test"
+        users = {int(o.metrics[f"{part}/n_users"]) for o in outcomes if f"{part}/n_users" in o.metrics}
+        return cls(columns, rows, selection, list(test_metrics), best,
+                   users.pop() if len(users) == 1 else None)
+
+    @property
+    def title(self) -> str:
+        users = f", {self.test_users} users" if self.test_users is not None else ""
+        best = f"; best on validation: {self.best.run_name}" if self.best is not None else ""
+        return (f"test metrics{users} (mean ± standard error); {self.selection}: the validation "
+                f"metric that selected each model{best}")
+
+    def table(self, digits: int = 4) -> dict[str, list[Any]]:
+        """``{column: values}`` for the MLflow table, metrics rounded to ``digits`` decimals
+        (seconds to 1): what a reader compares, not float noise."""
+        out: dict[str, list[Any]] = {c: [] for c in self.columns}
+        for row in self.rows:
+            for c in self.columns:
+                value = row.get(c)
+                if isinstance(value, float):
+                    places = 1 if c.startswith("time/") else digits
+                    value = round(value, places) if math.isfinite(value) else None
+                out[c].append(value)
+        return out
+
+    def markdown(self) -> str:
+        """A Markdown table: ``mean ± SE`` cells, the best model in bold."""
+        head = ["model", self.selection, *(m.split("/", 1)[1] for m in self.test_metrics),
+                "fit s", "epoch"]
+        extra = [c for c in self.columns if c.startswith("trials_")]
+        head += [c.removeprefix("trials_") + " trials" for c in extra] + ["status"]
+        lines = [f"**{self.title}**", "", "| " + " | ".join(head) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
+        best = self.best.run_name if self.best is not None else None
+        for row in self.rows:
+            cells = [f"**{row['model']}**" if row["model"] == best else row["model"],
+                     _num(row[self.selection])]
+            for m in self.test_metrics:
+                se = row[f"{m}_stderr"]
+                cells.append(_num(row[m]) + (f" ± {_num(se)}" if _num(se) != "-" else ""))
+            fit = row["time/fit_seconds"]
+            cells += [f"{fit:.1f}" if isinstance(fit, float) else "-", _num(row["selected_epoch"])]
+            cells += [_num(row[c]) for c in extra] + [row["status"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, output_dir: str | Path) -> list[Path]:
+        """``comparison.csv`` (full precision), ``comparison.md`` and ``comparison.png`` in
+        ``output_dir``, each written atomically; returns their paths."""
+        from recvae.tracking.plots import plot_comparison
+
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path, md_path, png_path = (out / name for name in FILES)
+        with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            w.writeheader()
+            for row in self.rows:
+                w.writerow({c: "" if row.get(c) is None else row[c] for c in self.columns})
+        with atomic_file(md_path) as tmp:
+            tmp.write_text(self.markdown())
+        panels = [(self.selection, None), *((m, f"{m}_stderr") for m in self.test_metrics),
+                  ("time/fit_seconds", None)]
+        ok = [r for r in self.rows if r["status"] == "ok"]
+        with atomic_file(png_path) as tmp:
+            plot_comparison(
+                [r["model"] for r in ok],
+                [(name, [r.get(name) for r in ok], [r.get(se) for r in ok] if se else None)
+                 for name, se in panels],
+                tmp, title=self.title, best=self.best.run_name if self.best is not None else None,
+            )
+        return [csv_path, md_path, png_path]
+
+
+def log_comparison(
+    tracker: Any, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
+    registered_name: str,
+) -> None:
+    """On the open pipeline run: the comparison as a table (``comparison.json``), the best
+    model's validation and test metrics (``best/...``) and the number of models
+    (``pipeline/models``, ``pipeline/failed``) so the runs list shows them; the best model on
+    validation tagged ``recvae.best_model`` on the pipeline run and on its own run; with
+    ``register``, the registry alias ``champion`` on its version."""
+    tracker.log_table(comparison.table(), TABLE_ARTIFACT)
+    metrics = {"pipeline/models": sum(o.ok for o in outcomes),
+               "pipeline/failed": sum(not o.ok for o in outcomes)}
+    best = comparison.best
+    if best is not None:
+        for key in (comparison.selection, *comparison.test_metrics):
+            if key in best.metrics:
+                metrics[f"best/{key}"] = best.metrics[key]
+        tracker.set_tags({"recvae.best_model": best.run_name,
+                          "recvae.selection_metric": comparison.selection})
+        run = tracker.model_run(best.run_name)
+        if run is not None:
+            tracker.set_tags({"recvae.best_model": "true"}, run=run)
+            if register:
+                tracker.set_model_alias(registered_name, CHAMPION_ALIAS, run=run)
+    tracker.log_metrics(metrics)
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
