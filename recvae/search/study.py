@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from recvae.search.spec import Choice, FloatRange, IntRange, Named, SearchSpec
 
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 120  # a trial without a heartbeat for this long belongs to a dead process
+ORPHAN_SECONDS = 60  # a RUNNING trial with no owner this long after it started (clock skew included)
 ATTR_PID, ATTR_HOST = "recvae.pid", "recvae.host"
 ATTR_ERROR = "recvae.error"  # a trial that failed by its own fault (counts towards the budget)
 ATTR_FINGERPRINT = "recvae.fingerprint"
@@ -338,8 +340,14 @@ def fail_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) 
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in running:
         pid = t.user_attrs.get(ATTR_PID)
-        if t.user_attrs.get(ATTR_HOST) == host and isinstance(pid, int) and pid != os.getpid() \
-                and not _alive(pid):
+        mine_and_dead = (t.user_attrs.get(ATTR_HOST) == host and isinstance(pid, int)
+                         and pid != os.getpid() and not _alive(pid))
+        # a process killed between ask() and its first beat left neither an owner nor a
+        # heartbeat, so fail_stale_trials never sees it; a live process marks its owner within
+        # milliseconds of ask(), so a trial still without one after ORPHAN_SECONDS is dead
+        orphan = pid is None and t.datetime_start is not None and (
+            datetime.now() - t.datetime_start).total_seconds() > ORPHAN_SECONDS
+        if mine_and_dead or orphan:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             # the storage, not study.tell: telling runs the sampler's after_trial hook, which
             # for a finished grid would stop a study that is not being optimized

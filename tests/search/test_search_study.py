@@ -57,6 +57,23 @@ def test_trials_of_dead_processes_fail_and_do_not_count(tmp_path: Path) -> None:
     assert c.done == 2  # the completed one and the one that failed by its own fault
 
 
+def test_a_trial_killed_before_it_named_its_owner_fails_once_it_is_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed between ask() and mark_owner leaves a RUNNING trial with neither owner
+    nor heartbeat: young, it is left alone (its process may be about to mark it); old, it fails."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    orphan = study.ask()
+    owned = study.ask()
+    owned.set_user_attr(ATTR_PID, os.getppid())
+    owned.set_user_attr(ATTR_HOST, socket.gethostname())
+    assert fail_dead_trials(study, storage) == []
+    monkeypatch.setattr("recvae.search.study.ORPHAN_SECONDS", -1.0)
+    assert [t.number for t in fail_dead_trials(study, storage)] == [orphan.number]
+    assert count_trials(study).running == 1
+
+
 def test_a_storage_url_never_shows_its_password() -> None:
     assert masked("postgresql://ann:s3cret@db:5432/optuna") == "postgresql://ann:***@db:5432/optuna"
     with pytest.raises(RecvaeError) as e:

@@ -15,6 +15,7 @@ from torch import distributions as D
 from recvae import cli
 from recvae.data.dataset import Dataset, Part
 from recvae.errors import RecvaeError
+from recvae.io import load_arrays
 from recvae.models import load_model, model_class
 from recvae.models.autoencoders import RecVAE
 from recvae.models.autoencoders.nets import (
@@ -327,12 +328,13 @@ def test_fit_score_save_load(dataset: Dataset, tmp_path) -> None:
     assert scores.shape == (9, N_ITEMS) and scores.dtype == np.float32
     assert np.isfinite(scores).all()
     model.save(tmp_path / "m")
-    saved = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    saved = load_arrays(tmp_path / "m" / "weights.npz")
     assert not any(k.startswith("prior") for k in saved)  # the old posterior is training state
     loaded = load_model(tmp_path / "m")
     assert type(loaded) is RecVAE and loaded.params() == model.params()
     np.testing.assert_array_equal(loaded.score(new_users), scores)
-    assert loaded.best_epoch_ == model.best_epoch_ and loaded.history_ == model.history_
+    assert loaded.best_epoch_ == model.best_epoch_
+    assert without_timing(loaded.history_) == without_timing(model.history_)  # saved without timings
     fixed = small(epochs=1, gamma=None, beta=0.2).fit(dataset)
     assert fixed.history_[0]["train/beta"] == pytest.approx(0.2)
     assert fixed.refit_params() == {"epochs": fixed.best_epoch_, "patience": None}
