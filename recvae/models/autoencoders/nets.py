@@ -15,6 +15,11 @@ and two backward for the decoder's output layer: the compute floor of the model.
 2 CPU cores (benchmarks/train_speed.py): 67 s per ML-20M-shaped Mult-VAE epoch, 1.45× that
 floor at the best decoder-shaped GEMM rate; peak memory 1.2 GB.
 
+Large catalogues: with a :class:`NegativeSampler` set on the output layer (``softmax: sampled``)
+the softmax runs over the batch's items plus S shared negatives instead of all items, so a batch
+costs B × (items in the batch + S) instead of B × n_items, and the item-indexed matrices (the
+sparse input layer, the output layer) can take row-sparse gradients (``sparse_grad``).
+
 Example::
 
     net = VAE(n_items, hidden_dims=(600,), latent_dim=200, activation="tanh", dropout=0.5)
@@ -23,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -113,10 +119,16 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_items, out_dim))  # one row per item
         self.bias = nn.Parameter(torch.empty(out_dim))
+        # A sparse COO gradient touching only the batch's item rows (for lazy Adam on large
+        # catalogues); dense by default.
+        self.sparse_grad = False
 
     def forward(self, x: SparseRows, values: torch.Tensor) -> torch.Tensor:
         return (
-            F.embedding_bag(x.cols, self.weight, x.offsets, mode="sum", per_sample_weights=values)
+            F.embedding_bag(
+                x.cols, self.weight, x.offsets, mode="sum", per_sample_weights=values,
+                sparse=self.sparse_grad,
+            )
             + self.bias
         )
 
@@ -166,20 +178,119 @@ class _MultinomialNLL(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
+class _GatherRows(torch.autograd.Function):
+    """``param[index]`` (rows of an item-indexed parameter) whose gradient touches only those rows.
+
+    ``sparse``: the gradient is a sparse COO tensor of the gathered rows, as
+    ``nn.Embedding(sparse=True)`` gives, for ``torch.optim.SparseAdam``; otherwise a dense
+    gradient (zeros elsewhere) for a dense optimizer or an all-reduce that needs dense tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, param, index, sparse):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.sparse = param.shape, sparse
+        return param.index_select(0, index)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (index,) = ctx.saved_tensors
+        if ctx.sparse:
+            g = torch.sparse_coo_tensor(index.unsqueeze(0), grad, ctx.shape, check_invariants=False)
+        else:
+            g = grad.new_zeros(ctx.shape).index_add_(0, index, grad)
+        return g, None, None
+
+
+class NegativeSampler:
+    """S negatives per batch, shared by its rows, drawn with replacement from q_j ∝ n_j^α.
+
+    ``popularity`` n_j is each item's count of training users (at least 1, so that every item
+    can be drawn); α = 0.75 flattens the unigram distribution as word2vec's negative sampling
+    does. The draws come from the batch's generator, so they are a function of (seed, epoch)
+    and resume stays exact.
+    """
+
+    def __init__(
+        self, popularity: np.ndarray, n_negatives: int, alpha: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        q = np.maximum(np.asarray(popularity, dtype=np.float64), 1.0) ** float(alpha)
+        q /= q.sum()
+        self.n_negatives = int(n_negatives)
+        self.alpha = float(alpha)
+        # float64: at 10^6 items the smallest q_j is far below float32's resolution of a CDF.
+        self.cdf = torch.from_numpy(np.cumsum(q)).to(device)
+        self.log_q = torch.from_numpy(np.log(q)).to(device)
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distinct items drawn, how many times each was drawn): S draws in all."""
+        u = torch.rand(self.n_negatives, generator=generator, dtype=torch.float64,
+                       device=self.cdf.device)
+        idx = torch.searchsorted(self.cdf, u, right=True).clamp_max_(len(self.cdf) - 1)
+        return torch.unique(idx, return_counts=True)
+
+
 class MultinomialOutput(nn.Module):
-    """Decoder output layer: logits h·Wᵀ + b over all items; π = softmax(logits)."""
+    """Decoder output layer: logits h·Wᵀ + b over all items; π = softmax(logits).
+
+    Training uses the full softmax unless ``sampler`` is set (``softmax: sampled``); scoring
+    (``forward``) is always exact, over all items.
+    """
 
     def __init__(self, in_dim: int, n_items: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_items, in_dim))
         self.bias = nn.Parameter(torch.empty(n_items))
+        self.sampler: NegativeSampler | None = None
+        self.sparse_grad = False  # row-sparse gradients of weight and bias (sampled only)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, h, self.weight.t())
 
-    def nll(self, h: torch.Tensor, x: SparseRows) -> torch.Tensor:
-        """Batch mean of −Σ_j x_j log π_j: the multinomial log-likelihood of Eq. 2, negated."""
-        return _MultinomialNLL.apply(h, self.weight, self.bias, x.rows, x.cols, x.values, x.counts)
+    def nll(
+        self, h: torch.Tensor, x: SparseRows, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Batch mean of −Σ_j x_j log π_j: the multinomial log-likelihood of Eq. 2, negated.
+
+        With a sampler the softmax's normaliser is estimated (see :meth:`sampled_nll`), drawing
+        the negatives from ``generator``.
+        """
+        if self.sampler is None:
+            return _MultinomialNLL.apply(
+                h, self.weight, self.bias, x.rows, x.cols, x.values, x.counts
+            )
+        if generator is None:
+            raise ValueError("the sampled softmax draws its negatives from the batch's generator")
+        return self.sampled_nll(h, x, self.sampler, generator)
+
+    def sampled_nll(
+        self, h: torch.Tensor, x: SparseRows, sampler: NegativeSampler,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The multinomial NLL with Z_u = Σ_j exp(logit_uj) estimated from the batch's items and
+        S shared negatives (sampled softmax with the logQ correction; FastVAE, Chen et al. WWW
+        2022; Yi et al. RecSys 2019).
+
+        Z_u splits into the items of the batch, P (every user's positives are among them),
+        summed exactly, and the others, estimated by importance sampling from the S draws:
+        Σ_{j∉P} exp(logit_uj) ≈ Σ_{distinct draws j∉P} (c_j / (S·q_j))·exp(logit_uj), c_j the
+        times j was drawn. So each negative's logit gets the correction log c_j − log(S·q_j)
+        and draws that fall in P are dropped: given P, the estimate of Z_u is unbiased. The
+        fused loss then runs on B × (|P| + negatives) logits, and only the rows of W and b of
+        those items receive a gradient.
+        """
+        items, inverse = torch.unique(x.cols, return_inverse=True)
+        negatives, counts = sampler.draw(generator)
+        outside = ~torch.isin(negatives, items)
+        negatives, counts = negatives[outside], counts[outside]
+        correction = counts.double().log() - math.log(sampler.n_negatives) - sampler.log_q[negatives]
+        candidates = torch.cat([items, negatives])
+        offset = torch.cat([correction.new_zeros(len(items)), correction]).to(h.dtype)
+        weight = _GatherRows.apply(self.weight, candidates, self.sparse_grad)
+        bias = _GatherRows.apply(self.bias, candidates, self.sparse_grad) + offset
+        return _MultinomialNLL.apply(h, weight, bias, x.rows, inverse, x.values, x.counts)
 
 
 class Encoder(nn.Module):
@@ -223,8 +334,10 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.output(self.hidden(z))
 
-    def nll(self, z: torch.Tensor, x: SparseRows) -> torch.Tensor:
-        return self.output.nll(self.hidden(z), x)
+    def nll(
+        self, z: torch.Tensor, x: SparseRows, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self.output.nll(self.hidden(z), x, generator)
 
 
 class VAE(nn.Module):
@@ -264,7 +377,7 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * torch.exp(0.5 * logvar)  # reparameterization trick
         kl = (0.5 * (-logvar + logvar.exp() + mu.square() - 1.0)).sum(dim=1).mean()
-        return self.decoder.nll(z, x), kl
+        return self.decoder.nll(z, x, generator), kl
 
 
 class DAE(nn.Module):
@@ -285,7 +398,7 @@ class DAE(nn.Module):
     def loss(self, x: SparseRows, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(−Σ_j x_j log π_j(x̃) as a batch mean, 0): the dropout mask comes from ``generator``."""
         h = self.encoder(x, corrupt(x, self.dropout, generator))
-        return self.decoder.nll(h, x), h.new_zeros(())
+        return self.decoder.nll(h, x, generator), h.new_zeros(())
 
 
 def init_weights(net: nn.Module, generator: torch.Generator) -> None:
@@ -296,3 +409,26 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
             nn.init.xavier_uniform_(p, generator=generator)
         else:
             nn.init.trunc_normal_(p, std=0.001, a=-0.002, b=0.002, generator=generator)
+
+
+def set_softmax(net: nn.Module, sampler: NegativeSampler | None, *, sparse_grad: bool) -> None:
+    """Train every :class:`MultinomialOutput` of ``net`` with ``sampler`` (None: the full
+    softmax) and give the item-indexed matrices (those of the output layers and of every
+    :class:`SparseLinear`) row-sparse gradients when ``sparse_grad``."""
+    for module in net.modules():
+        if isinstance(module, MultinomialOutput):
+            module.sampler = sampler
+            module.sparse_grad = sparse_grad and sampler is not None
+        elif isinstance(module, SparseLinear):
+            module.sparse_grad = sparse_grad
+
+
+def row_sparse_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``net`` whose gradients are sparse COO tensors (see :func:`set_softmax`)."""
+    out: list[nn.Parameter] = []
+    for module in net.modules():
+        if isinstance(module, MultinomialOutput) and module.sparse_grad:
+            out += [module.weight, module.bias]
+        elif isinstance(module, SparseLinear) and module.sparse_grad:
+            out.append(module.weight)
+    return out
