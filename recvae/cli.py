@@ -144,25 +144,46 @@ def _model_config(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     import shutil
 
-    from recvae.config import RecommendConfig
+    from recvae import distributed
+    from recvae.config import RecommendConfig, build_model
     from recvae.data.dataset import Dataset
     from recvae.pipeline import results_table, train_and_evaluate
 
     mc = _model_config(args)
-    tracker = None
-    if not args.no_track:
-        from recvae.tracking import Tracker
-
-        tracker = Tracker(args.tracking_uri, args.experiment)  # fails fast if unreachable
+    nproc = args.nproc if args.nproc is not None else 1
+    if nproc < 1:
+        raise RecvaeError(f"--nproc {args.nproc}: expected a positive number of processes")
+    if nproc > 1 or distributed.launched_by_torchrun():
+        model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
+        if not model.trains_distributed:
+            raise RecvaeError(f"{mc.model} does not train data-parallel; run it in one process")
+    if nproc > 1:
+        if distributed.launched_by_torchrun():
+            raise RecvaeError("--nproc: this is already one of torchrun's processes; drop --nproc")
+        return _exec_torchrun(nproc, args.argv)
+    distributed.init_from_env()
     dataset = Dataset.load(args.data)
-    if tracker is not None:
-        tracker.dataset, tracker.dataset_source = dataset, str(args.data)
+    if args.refit:
+        dataset = dataset.for_refit()
     work = Path(args.out).parent / f".{Path(args.out).name}.work"
-    outcome = train_and_evaluate(
-        mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
-        recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
-        resume=args.resume, config={"data": {"dir": str(args.data), **dataset.manifest}},
-    )
+    try:
+        if not distributed.is_main():  # the other processes only train, in step with rank 0
+            model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
+            model.fit(dataset, checkpoint_dir=work / "checkpoints" / mc.run_name, resume=args.resume)
+            return 0
+        tracker = None
+        if not args.no_track:
+            from recvae.tracking import Tracker
+
+            tracker = Tracker(args.tracking_uri, args.experiment)  # fails fast if unreachable
+            tracker.dataset, tracker.dataset_source = dataset, str(args.data)
+        outcome = train_and_evaluate(
+            mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
+            recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
+            resume=args.resume, config={"data": {"dir": str(args.data), **dataset.manifest}},
+        )
+    finally:
+        distributed.shutdown()
     # the model directory is complete: move it to --out (atomically replacing an old one)
     from recvae.io import atomic_dir
 
@@ -173,6 +194,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"saved {args.out}")
     print(results_table([outcome]))
     return 0
+
+
+def _exec_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Replace this process by torchrun starting ``recvae`` with ``argv`` less ``--nproc``."""
+    from recvae import distributed
+
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [*distributed.torchrun_command(nproc), *rest]
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+    return 1  # not reached
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -330,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     s.add_argument("--k", type=int, nargs="+", default=[20, 50, 100])
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel in N processes (runs torchrun; GPUs: one each)")
+    s.add_argument("--refit", action="store_true",
+                   help="train on training + validation interactions (no validation, no selection)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     s.add_argument("--tracking-uri")
     s.add_argument("--experiment")
@@ -383,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recvae`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc`
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
     )

@@ -22,11 +22,14 @@ from recvae.errors import RecvaeError
 
 @dataclass
 class ModelConfig:
-    """One model of the pipeline: a registry name, an optional run label, hyper-parameters."""
+    """One model of the pipeline: a registry name, an optional run label, hyper-parameters, and
+    ``nproc``: the processes that train it data-parallel (torchrun on ``recvae train``; models
+    with ``trains_distributed`` only)."""
 
     model: str
     label: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    nproc: int = 1
 
     @property
     def run_name(self) -> str:
@@ -246,7 +249,14 @@ def validate(cfg: PipelineConfig, source: str) -> None:
         if m.run_name in seen:
             raise RecvaeError(f"{where}: duplicate run name {m.run_name!r}; give each model a distinct label")
         seen.add(m.run_name)
-        build_model(m, where=where)  # constructs (no training) to validate names, types and values
+        model = build_model(m, where=where)  # constructs (no training) to validate the params
+        if m.nproc < 1:
+            raise RecvaeError(f"{where}.nproc: expected a positive integer, got {m.nproc}")
+        if m.nproc > 1 and not model.trains_distributed:
+            raise RecvaeError(
+                f"{where}.nproc: {m.model} does not train data-parallel; remove nproc "
+                "(the autoencoders do)"
+            )
 
 
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:

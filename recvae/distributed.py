@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from typing import Any
 
 import torch
@@ -100,6 +101,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def barrier() -> None:
+    """Wait until every process gets here (no-op for a single process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
 def broadcast(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every process (a picklable value; itself for a single process)."""
     if world()[1] == 1:
@@ -107,3 +114,12 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def torchrun_command(nproc: int) -> list[str]:
+    """The command that starts ``python -m recvae`` in ``nproc`` processes on this machine
+    (torchrun's standalone rendezvous picks a free port); append the recvae arguments."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(int(nproc)), "-m", "recvae",
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import sys
 import time
 import traceback
@@ -16,12 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from recvae import distributed
 from recvae.config import ModelConfig, PipelineConfig, build_model, to_dict
 from recvae.data.dataset import Dataset
 from recvae.data.ingest import ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
-from recvae.models.base import Callback, EpochReport, Recommender
+from recvae.models.base import Callback, EpochReport, Recommender, report_all
 from recvae.recommend import write_recommendations
 
 log = logging.getLogger(__name__)
@@ -81,7 +85,7 @@ def _fit(model: Recommender, dataset: Dataset, callbacks: list[Callback], show_p
 
 def _refit(
     overrides: dict[str, Any], mc: ModelConfig, dataset: Dataset, *, device: str | None,
-    show_progress: bool, checkpoint_dir: Path, resume: bool,
+    show_progress: bool, output_dir: Path, resume: bool, data_dir: Path | None = None,
 ) -> Recommender:
     """A fresh model of ``mc`` fitted on training + validation, with ``overrides``: the selected
     model's :meth:`~Recommender.refit_params` (for the autoencoders: exactly the selected number
@@ -91,9 +95,55 @@ def _refit(
     epochs = overrides.get("epochs")
     print(f"[{mc.run_name}] refit on training + validation"
           + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
+    if mc.nproc > 1:
+        return fit_distributed(
+            refit_mc, data_dir, output_dir / "distributed" / f"{mc.run_name}.refit",
+            device=device, resume=resume, refit=True, show_progress=show_progress,
+        )
     _fit(fresh, dataset.for_refit(), [print_epoch(f"{mc.run_name} refit")], show_progress,
-         checkpoint_dir, resume, strict_resume=False)
+         output_dir / "checkpoints" / f"{mc.run_name}.refit", resume, strict_resume=False)
     return fresh
+
+
+def fit_distributed(
+    mc: ModelConfig, data_dir: Path | None, out_dir: Path, *, device: str | None, resume: bool,
+    refit: bool = False, show_progress: bool = True, callbacks: Sequence[Callback] = (),
+) -> Recommender:
+    """Train ``mc`` data-parallel in ``mc.nproc`` processes: torchrun on ``recvae train`` (no
+    tracking) writing the model to ``out_dir``, which is loaded and returned. Its epoch lines
+    print as it trains; its history is then handed to ``callbacks`` (e.g. the tracker's).
+
+    ``refit``: train on training + validation (``recvae train --refit``). ``resume`` continues
+    from the checkpoint that an interrupted run with the same ``out_dir`` left.
+    """
+    from recvae.models import load_model
+
+    if data_dir is None:
+        raise RecvaeError(f"{mc.run_name}: nproc {mc.nproc} needs the dataset directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    params_file = out_dir.parent / f"{out_dir.name}.params.yaml"
+    params_file.write_text(yaml.safe_dump(dict(mc.params)))
+    cmd = [*distributed.torchrun_command(mc.nproc), "train", "--data", str(data_dir),
+           "--model", mc.model, "--label", mc.run_name, "--params", str(params_file),
+           "--out", str(out_dir), "--no-track"]
+    cmd += (["--device", device] if device else []) + (["--resume"] if resume else [])
+    cmd += (["--refit"] if refit else []) + ([] if show_progress else ["--quiet"])
+    print(f"[{mc.run_name}] training in {mc.nproc} processes: {' '.join(cmd)}", flush=True)
+    status = subprocess.run(cmd).returncode
+    if status != 0:
+        raise RecvaeError(
+            f"{mc.run_name}: training in {mc.nproc} processes failed (torchrun exit status "
+            f"{status}; its output is above)"
+        )
+    model = load_model(out_dir)
+    best = -float("inf")
+    for h in model.history_ if callbacks else ():
+        metrics = {k: v for k, v in h.items() if k != "epoch"}
+        score = metrics.get("val/ndcg_at_100")
+        is_best = score is None or score > best
+        best = max(best, score) if score is not None else best
+        report_all(callbacks, EpochReport(epoch=int(h["epoch"]), metrics=metrics, is_best=is_best))
+    return model
 
 
 def train_and_evaluate(
@@ -113,12 +163,15 @@ def train_and_evaluate(
     strict_resume: bool = True,
     refit: bool = False,
     config: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
 ) -> ModelOutcome:
     """Train one model, evaluate it on validation and test, write its top-k file, log it all.
 
     With ``refit``, the validation metrics come from the model fitted on ``dataset.train``; the
     model is then refitted on :meth:`Dataset.for_refit` (for the selected number of epochs where
     it trains in epochs) and the test metrics, top-k file, saved and logged model come from it.
+    With ``mc.nproc`` > 1 the model trains data-parallel (:func:`fit_distributed`, which needs
+    ``data_dir``, the saved ``dataset``); the rest happens here, in this process.
     """
     model = build_model(mc, device=device, where=f"model {mc.run_name!r}")
     params = {"model": {"name": mc.model, **model.params()}, "refit": refit, **(config or {})}
@@ -131,16 +184,25 @@ def train_and_evaluate(
     out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
     with run_ctx as run:
         out.run_id = run.info.run_id if run is not None else None
-        callbacks = [print_epoch(mc.run_name)]
-        if tracker is not None:
-            callbacks.append(tracker.epoch_callback())
+        tracking = [tracker.epoch_callback()] if tracker is not None else []
+        callbacks = [print_epoch(mc.run_name), *tracking]
         t0 = time.perf_counter()
-        _fit(model, dataset, callbacks, show_progress,
-             output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume)
+        if mc.nproc > 1:  # the processes print their epochs; the tracker gets their history
+            model = fit_distributed(
+                mc, data_dir, output_dir / "distributed" / mc.run_name, device=device,
+                resume=resume, show_progress=show_progress, callbacks=tracking,
+            )
+        else:
+            _fit(model, dataset, callbacks, show_progress,
+                 output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume)
         out.fit_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
+        # a dataset for a refit (`recvae train --refit`) has no validation targets left
+        val = (
+            evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
+            if dataset.validation.holdout.nnz else None
+        )
         out.score_seconds = time.perf_counter() - t1
         if refit:
             out.refit_epochs = model.best_epoch_
@@ -149,7 +211,7 @@ def train_and_evaluate(
             del model
             model = _refit(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
-                checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
+                output_dir=output_dir, resume=resume, data_dir=data_dir,
             )
             out.refit_seconds = time.perf_counter() - t1 - out.score_seconds
         model_dir = model.save(output_dir / "models" / mc.run_name)
@@ -158,7 +220,7 @@ def train_and_evaluate(
         t2 = time.perf_counter()
         test = evaluate(model.score, dataset.test, ks, batch_size=eval_batch_size, inplace=True)
         out.score_seconds += time.perf_counter() - t2
-        out.metrics = {**val.as_metrics("val"), **test.as_metrics("test")}
+        out.metrics = {**(val.as_metrics("val") if val else {}), **test.as_metrics("test")}
         if tracker is not None:
             tracker.log_final(out.metrics)
             tracker.log_timings(
@@ -246,6 +308,7 @@ def run_pipeline(
                     recommend=cfg.recommend, tracker=tracker, register=cfg.tracking.register,
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
                     refit=cfg.refit, resume=resume, strict_resume=False,
+                    data_dir=Path(cfg.data.out_dir),
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
@@ -287,6 +350,6 @@ def results_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str] = SUM
 
 
 __all__ = [
-    "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
-    "train_and_evaluate",
+    "ModelOutcome", "fit_distributed", "format_summary", "print_epoch", "results_table",
+    "run_pipeline", "train_and_evaluate",
 ]

@@ -90,6 +90,7 @@ class Autoencoder(Recommender):
     """
 
     trains_in_epochs: ClassVar[bool] = True
+    trains_distributed: ClassVar[bool] = True
 
     lr: float = 1e-3
     batch_size: int = 500

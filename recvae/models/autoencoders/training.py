@@ -555,6 +555,8 @@ def train(
         if state.stopped_early:
             break
     epoch_bar.close()
+    if world_size > 1:  # rank 0's last checkpoint is complete before any process reads it again
+        distributed.barrier()
 
     if state.best_weights is not None:
         net.load_state_dict(state.best_weights)
@@ -610,7 +612,6 @@ def _objective(step: TrainingStep, world_size: int) -> nn.Module:
     return DistributedDataParallel(
         objective,
         device_ids=None,  # the module and every input already live on this process's device
-        broadcast_buffers=False,  # buffers, if any, evolve identically on every process
         find_unused_parameters=getattr(step, "find_unused_parameters", True),
         gradient_as_bucket_view=True,
     )
