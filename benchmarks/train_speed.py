@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from recvae.data.dataset import Dataset, Part
+from recvae.data.dataset import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import power_law_rows, write_json  # noqa: E402  (machine description, JSON, data)
+from _common import power_law_rows, synthetic_dataset, write_json  # noqa: E402
 
 ML20M_TRAIN_USERS, ML20M_ITEMS, ML20M_TRAIN_NNZ, ML20M_HELDOUT = 116_677, 20_108, 8_000_000, 10_000
 REPO = Path(__file__).resolve().parents[1]
@@ -50,34 +49,9 @@ HIDDEN = {"mult-vae": 600, "mult-dae": 200}  # input size of each decoder's outp
 
 def ml20m_like(scale: float, seed: int = 0) -> Dataset:
     """ML-20M's training shape (scaled in users and interactions) with 80/20 validation users."""
-    rng = np.random.default_rng(seed)
-    n_train = max(1, int(ML20M_TRAIN_USERS * scale))
-    n_val = max(1, int(ML20M_HELDOUT * scale))
-    per_user = ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS
-    rows = power_law_rows(
-        n_train + 2 * n_val, ML20M_ITEMS, int(per_user * (n_train + 2 * n_val)), rng
-    )
-    coo = rows[n_train:].tocoo()
-    held = rng.random(coo.nnz) < 0.2
-
-    def part(lo: int, hi: int) -> Part:
-        keep = (coo.row >= lo) & (coo.row < hi)
-
-        def csr(mask: np.ndarray) -> sp.csr_matrix:
-            return sp.csr_matrix(
-                (coo.data[mask], (coo.row[mask] - lo, coo.col[mask])), shape=(hi - lo, ML20M_ITEMS)
-            )
-
-        return Part(csr(keep & ~held), csr(keep & held), np.arange(lo, hi))
-
-    return Dataset(
-        train=rows[:n_train],
-        train_users=np.arange(n_train),
-        validation=part(0, n_val),
-        test=part(n_val, 2 * n_val),
-        user_ids=np.arange(n_train + 2 * n_val),
-        item_ids=np.arange(ML20M_ITEMS),
-        manifest={"source": f"synthetic power-law, scale {scale}"},
+    return synthetic_dataset(
+        max(1, int(ML20M_TRAIN_USERS * scale)), max(1, int(ML20M_HELDOUT * scale)), ML20M_ITEMS,
+        ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS, seed, name=f"synthetic power-law, scale {scale}",
     )
 
 
