@@ -42,6 +42,7 @@ from recvae.models.autoencoders.nets import (
     set_softmax,
 )
 from recvae.models.autoencoders.training import (
+    PRECISIONS,
     Checkpointing,
     ElboStep,
     TrainConfig,
@@ -84,6 +85,9 @@ class Autoencoder(Recommender):
     DDP). Scoring is always exact, over all items. It applies to every network whose decoder
     ends in a ``MultinomialOutput``.
 
+    ``precision``: ``fp32``, ``tf32`` (CUDA tensor cores for float32 products) or ``bf16``
+    (autocast) for the training steps; validation and scoring are float32.
+
     Inside a torchrun job (``torch.distributed`` initialised, e.g. by ``recvae train`` under
     torchrun) ``fit`` trains data-parallel: ``batch_size`` stays the global batch, ``cuda``
     means this process's GPU (``LOCAL_RANK``), and every process ends with the selected weights.
@@ -103,6 +107,7 @@ class Autoencoder(Recommender):
     softmax: str = "full"
     negatives: int = 4096
     negatives_alpha: float = 0.75
+    precision: str = "fp32"
 
     net_: nn.Module | None = field(default=None, init=False, repr=False)
     history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
@@ -127,6 +132,7 @@ class Autoencoder(Recommender):
         check_choice(self, "softmax", SOFTMAX)
         check_int(self, "negatives", minimum=1)
         check_real(self, "negatives_alpha", low=0.0)
+        check_choice(self, "precision", PRECISIONS)
 
     # ---------------------------------------------------------------- contract
     def fit(
@@ -170,7 +176,7 @@ class Autoencoder(Recommender):
                 TrainConfig(
                     epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, device=device,
                     patience=self.patience, eval_batch_size=self.eval_batch_size,
-                    show_progress=show_progress,
+                    show_progress=show_progress, precision=self.precision,
                 ),
                 callbacks=callbacks,
                 checkpoint=checkpoint,
@@ -247,7 +253,7 @@ class Autoencoder(Recommender):
 
     def _fingerprint(self, item_ids: np.ndarray, train_rows: sp.csr_matrix) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption."""
-        free = {"epochs", "patience", "device", "threads", "eval_batch_size"}
+        free = {"epochs", "patience", "device", "threads", "eval_batch_size", "precision"}
         if self.softmax == "full":  # checkpoints written before `softmax` existed still resume
             free |= {"softmax", "negatives", "negatives_alpha"}
         params = {k: v for k, v in self.params().items() if k not in free}
