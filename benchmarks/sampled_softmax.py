@@ -11,12 +11,14 @@ gap to the full softmax and the seconds per epoch. There is no refit on training
     python benchmarks/sampled_softmax.py --settings full,sampled:2048,sampled:4096:0.75 --epochs 5
 
 Each setting is ``full`` or ``sampled:S[:α]`` (S negatives, popularity exponent α). Results are
-written after every setting, so a long run can be read while it goes on.
+written after every setting, so a long run can be read while it goes on; run again with the same
+``--json``, the settings it already holds are kept and not trained again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,7 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         "params": base, "epochs": args.epochs, "runs": [],
         "selection": "best validation NDCG@100 over the epochs; no refit",
     }
+    if args.json and args.json.is_file():  # continue a run: keep the settings already done
+        done = json.loads(args.json.read_text())
+        if done.get("params") == base:
+            results["runs"] = done["runs"]
     for text in args.settings.split(","):
+        if any(r["setting"] == text for r in results["runs"]):
+            continue
         params = {**base, **parse_setting(text)}
         model = model_class(mc.model)(**params)
         t0 = time.perf_counter()

@@ -215,6 +215,7 @@ def run_model(
         "threads": torch.get_num_threads(),
         "precision": precision,
         "val_ndcg_at_100_best": max((r.get("val/ndcg_at_100", 0.0) for r in reports), default=None),
+        "val_ndcg_at_100_per_epoch": [r.get("val/ndcg_at_100") for r in reports],
         "fit_seconds_total": sum(r["epoch_seconds"] + r.get("val_seconds", 0.0) for r in reports),
         "gpu": torch.cuda.get_device_name(0) if gemm_device == "cuda" else None,
         "gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gemm_device == "cuda" else None,

@@ -179,7 +179,6 @@ def train_and_evaluate(
         tracker.start_model(mc.run_name, params=params, config=params, device=device)
         if tracker is not None else contextlib.nullcontext(None)
     )
-    from recvae.tracking import registered_model_name
 
     out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
     with run_ctx as run:
@@ -241,6 +240,8 @@ def train_and_evaluate(
             if tracker is not None:
                 tracker.log_topk(path)
         if tracker is not None and log_model:
+            from recvae.tracking import registered_model_name  # MLflow only when tracking
+
             tracker.log_model(
                 model, dataset,
                 registered_model_name=registered_model_name(dataset, mc.run_name) if register else None,
