@@ -6,10 +6,10 @@ Data: a synthetic strong-generalization log with power-law popularity (Zipf item
 its own process and saved, so that each training process (a fresh subprocess per setting)
 measures only its own peak resident memory.
 
-Before a setting is trained, its memory is estimated from the parameter counts (weights, Adam's
-two moments, dense gradients where the setting has them, the B × n_items logits of the full
-softmax, the data); a setting whose estimate exceeds ``--max-gb`` is reported with its estimate
-and not run, so the benchmark never thrashes a shared machine.
+Before a setting is trained, its memory is estimated from the parameter counts (weights, the
+best epoch's copy of them, Adam's two moments, dense gradients where the setting has them, the
+B × n_items logits of the full softmax, the data); a setting whose estimate exceeds ``--max-gb``
+is reported with its estimate and not run, so the benchmark never thrashes a shared machine.
 
     python benchmarks/large_catalogue.py --users 20000 --epochs 1            # a first, small run
     python benchmarks/large_catalogue.py --json benchmarks/results/large_catalogue.json
@@ -52,7 +52,8 @@ def memory_estimate(softmax: str, params: dict[str, int], n_items: int, batch: i
                     batch_items: float, negatives: int, nnz: int) -> dict[str, float]:
     """Bytes by kind for one training process (float32; CSR as int32 indices + float32 values)."""
     p = params["item"] + params["other"]
-    out = {"weights": 4 * p, "adam_moments": 8 * p, "data": 8 * nnz}
+    # the loop keeps a copy of the best epoch's weights for model selection
+    out = {"weights": 4 * p, "best_weights": 4 * p, "adam_moments": 8 * p, "data": 8 * nnz}
     if softmax == "full":
         out["gradients"] = 4 * p  # dense, every item row
         out["logits"] = 4 * batch * n_items  # B × I, softmax in place

@@ -57,22 +57,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--settings", default="full,sampled:4096,sampled:2048")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--json", type=Path)
+    p.add_argument("--include", type=Path, action="append", default=[],
+                   help="results JSON of another run of this script (same model settings): its "
+                        "settings are taken as done (e.g. two settings trained side by side)")
     args = p.parse_args(argv)
 
     cfg = load_config(args.config, {"data.path": str(args.data_path)})
     (mc,) = [m for m in cfg.models if m.run_name == args.model]
     dataset, _ = ingest(cfg.data)
     base = {**mc.params, "epochs": args.epochs, "patience": None}
-    rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {
         "benchmark": "sampled_softmax", "config": str(args.config), "model": mc.model,
         "params": base, "epochs": args.epochs, "runs": [],
         "selection": "best validation NDCG@100 over the epochs; no refit",
     }
-    if args.json and args.json.is_file():  # continue a run: keep the settings already done
-        done = json.loads(args.json.read_text())
-        if done.get("params") == base:
-            results["runs"] = done["runs"]
+    # continue a run, or gather runs made side by side: settings already done are kept
+    for path in [*([args.json] if args.json and args.json.is_file() else []), *args.include]:
+        done = json.loads(path.read_text())
+        if done.get("params") != base:
+            raise SystemExit(f"{path}: trained with other model settings than {args.config}'s")
+        results["runs"] += [r for r in done["runs"]
+                            if all(r["setting"] != o["setting"] for o in results["runs"])]
     for text in args.settings.split(","):
         if any(r["setting"] == text for r in results["runs"]):
             continue
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         fit_s = time.perf_counter() - t0
         test = evaluate(model.score, dataset.test, ks=(20,), batch_size=1000, inplace=True)
         best = model.history_[model.best_epoch_ - 1]
-        run = {
+        results["runs"].append({
             "setting": text,
             **{k: v for k, v in params.items() if k in ("softmax", "negatives", "negatives_alpha")},
             "best_epoch": model.best_epoch_,
@@ -100,22 +105,26 @@ def main(argv: list[str] | None = None) -> None:
             "fit_seconds": fit_s,
             "val_ndcg_at_20_per_epoch": [h["val/ndcg_at_20"] for h in model.history_],
             "train_loss_per_epoch": [h["train/loss"] for h in model.history_],
-        }
-        results["runs"].append(run)
-        full = next((r for r in results["runs"] if r["setting"] == "full"), None)
-        for r in results["runs"]:
-            if full is not None:
-                r["test_ndcg_at_20_gap_pct"] = 100 * (r["test_ndcg_at_20"] / full["test_ndcg_at_20"] - 1)
-                r["val_ndcg_at_20_gap_pct"] = 100 * (r["val_ndcg_at_20"] / full["val_ndcg_at_20"] - 1)
-        rows = [
-            {k: r.get(k, "") for k in (
-                "setting", "best_epoch", "val_ndcg_at_20", "test_ndcg_at_20", "test_recall_full_at_20",
-                "test_ndcg_at_20_gap_pct", "epoch_seconds")}
-            for r in results["runs"]
-        ]
+        })
         results["peak_rss_gb"] = peak_rss_gb()
-        print_table(rows)
-        write_json(str(args.json) if args.json else None, results)
+        report(results, args.json)
+    report(results, args.json)
+
+
+def report(results: dict[str, Any], path: Path | None) -> None:
+    """Gaps to the full softmax, the table, the JSON."""
+    full = next((r for r in results["runs"] if r["setting"] == "full"), None)
+    for r in results["runs"]:
+        if full is not None:
+            r["test_ndcg_at_20_gap_pct"] = 100 * (r["test_ndcg_at_20"] / full["test_ndcg_at_20"] - 1)
+            r["val_ndcg_at_20_gap_pct"] = 100 * (r["val_ndcg_at_20"] / full["val_ndcg_at_20"] - 1)
+    print_table([
+        {k: r.get(k, "") for k in (
+            "setting", "best_epoch", "val_ndcg_at_20", "test_ndcg_at_20", "test_recall_full_at_20",
+            "test_ndcg_at_20_gap_pct", "epoch_seconds")}
+        for r in results["runs"]
+    ])
+    write_json(str(path) if path else None, results)
 
 
 if __name__ == "__main__":
