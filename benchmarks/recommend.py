@@ -8,6 +8,7 @@ the top k and streams them to a Parquet file; the full score matrix is never hel
 
     python benchmarks/recommend.py                         # full scale, k = 100
     python benchmarks/recommend.py --scale 0.05 --json benchmarks/results/recommend.json
+    python benchmarks/recommend.py --device cuda       # scoring on a GPU; masking, top-k, file on the host
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def in_memory_dataset(history: sp.csr_matrix) -> Dataset:
     )
 
 
-def untrained_vae(item_ids: np.ndarray) -> MultVAE:
+def untrained_vae(item_ids: np.ndarray, device: str = "cpu") -> MultVAE:
     """A Mult-VAE with the paper's architecture, initialised for ``item_ids`` (no training)."""
-    model = MultVAE(device="cpu", eval_batch_size=2000)
-    model.net_ = model._new_net(len(item_ids))
+    from recvae.models.autoencoders import resolve_device
+
+    model = MultVAE(device=device, eval_batch_size=2000)
+    model.net_ = model._new_net(len(item_ids)).to(resolve_device(device, strict=True))
     model.net_.eval()
     model.item_ids_ = item_ids
     return model
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    ap.add_argument("--device", default="cpu", help="where the model scores: cpu, cuda, auto")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     history = power_law_rows(n_users, ML20M_ITEMS, nnz, np.random.default_rng(0))
     dataset = in_memory_dataset(history)
-    model = untrained_vae(dataset.item_ids)
+    model = untrained_vae(dataset.item_ids, args.device)
     setup_s = time.perf_counter() - t0
     rss_before = peak_rss_gb()
     print(
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         "peak_rss_gb_before_export": round(rss_before, 3),
         "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
         "model": "mult-vae 600-200-600, untrained weights",
+        "device": str(next(model.net_.parameters()).device),
     }
     print(
         f"top-{args.k} for {n_users:,} users → {n_rows:,} rows, {size_mb:.0f} MB {args.format}: "

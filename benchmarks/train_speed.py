@@ -32,6 +32,11 @@ and items, plus 10,000 validation users) built directly as CSR, and ml-latest-sm
     python benchmarks/train_speed.py --data runs/data/ml-20m   # any `recvae ingest` directory
     python benchmarks/train_speed.py --compare-first-layer     # embedding_bag vs sparse.mm
     python benchmarks/train_speed.py --recvae-cpu-breakdown --models '' --small ''   # busy machine
+    python benchmarks/train_speed.py --device cuda --precision bf16 --small ''   # a GPU; its own floor
+
+On a GPU the floor uses the GPU's GEMM rate in the run's precision (fp32, tf32 or bf16),
+measured in the same process, and ``gpu_peak_gb`` is the CUDA allocator's peak (RecVAE's own
+per-class floor is measured on the CPU only).
 """
 
 from __future__ import annotations
@@ -48,13 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from recvae.data.dataset import Dataset, Part
+from recvae.data.dataset import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import power_law_rows, write_json  # noqa: E402  (machine description, JSON, data)
+from _common import power_law_rows, synthetic_dataset, write_json  # noqa: E402
 
 ML20M_TRAIN_USERS, ML20M_ITEMS, ML20M_TRAIN_NNZ, ML20M_HELDOUT = 116_677, 20_108, 8_000_000, 10_000
 REPO = Path(__file__).resolve().parents[1]
@@ -68,34 +72,9 @@ RECVAE_SHAPE = {"hidden": 600, "layers": 5, "latent": 200, "encoder_passes": 3, 
 
 def ml20m_like(scale: float, seed: int = 0) -> Dataset:
     """ML-20M's training shape (scaled in users and interactions) with 80/20 validation users."""
-    rng = np.random.default_rng(seed)
-    n_train = max(1, int(ML20M_TRAIN_USERS * scale))
-    n_val = max(1, int(ML20M_HELDOUT * scale))
-    per_user = ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS
-    rows = power_law_rows(
-        n_train + 2 * n_val, ML20M_ITEMS, int(per_user * (n_train + 2 * n_val)), rng
-    )
-    coo = rows[n_train:].tocoo()
-    held = rng.random(coo.nnz) < 0.2
-
-    def part(lo: int, hi: int) -> Part:
-        keep = (coo.row >= lo) & (coo.row < hi)
-
-        def csr(mask: np.ndarray) -> sp.csr_matrix:
-            return sp.csr_matrix(
-                (coo.data[mask], (coo.row[mask] - lo, coo.col[mask])), shape=(hi - lo, ML20M_ITEMS)
-            )
-
-        return Part(csr(keep & ~held), csr(keep & held), np.arange(lo, hi))
-
-    return Dataset(
-        train=rows[:n_train],
-        train_users=np.arange(n_train),
-        validation=part(0, n_val),
-        test=part(n_val, 2 * n_val),
-        user_ids=np.arange(n_train + 2 * n_val),
-        item_ids=np.arange(ML20M_ITEMS),
-        manifest={"source": f"synthetic power-law, scale {scale}"},
+    return synthetic_dataset(
+        max(1, int(ML20M_TRAIN_USERS * scale)), max(1, int(ML20M_HELDOUT * scale)), ML20M_ITEMS,
+        ML20M_TRAIN_NNZ / ML20M_TRAIN_USERS, seed, name=f"synthetic power-law, scale {scale}",
     )
 
 
@@ -111,15 +90,26 @@ def ml_latest_small(path: Path) -> Dataset:
 # --------------------------------------------------------------------------- measurements
 
 
-def gemm_rates(n_items: int, reps: int = 7) -> dict[str, float]:
-    """Best-of-``reps`` float32 GFLOP/s of the decoder's products (batch 500, hidden 600)."""
-    g = torch.Generator().manual_seed(0)
+def gemm_rates(
+    n_items: int, reps: int = 7, device: str = "cpu", precision: str = "fp32"
+) -> dict[str, float]:
+    """Best-of-``reps`` GFLOP/s of the decoder's products (batch 500, hidden 600) on ``device``,
+    in ``precision`` (fp32; tf32: float32 tensors on CUDA tensor cores; bf16 tensors)."""
+    from recvae.models.autoencoders.training import precision_scope
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    g = torch.Generator(device=dev).manual_seed(0)
     b, h = 500, 600
-    a = torch.randn(b, h, generator=g)
-    w_hi = torch.randn(h, n_items, generator=g)  # the issue's 500×600 @ 600×I, contiguous
-    w_ih = torch.randn(n_items, h, generator=g)  # the model's layout (one row per item)
-    grad = torch.randn(b, n_items, generator=g)
-    out = torch.empty(b, n_items)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=dev).to(dtype)
+
+    a = rand(b, h)
+    w_hi = rand(h, n_items)  # the issue's 500×600 @ 600×I, contiguous
+    w_ih = rand(n_items, h)  # the model's layout (one row per item)
+    grad = rand(b, n_items)
+    out = torch.empty(b, n_items, device=dev, dtype=dtype)
     cases = {
         "mm_500x600x20108": lambda: torch.mm(a, w_hi, out=out),
         "decoder_forward": lambda: torch.mm(a, w_ih.t(), out=out),
@@ -128,10 +118,13 @@ def gemm_rates(n_items: int, reps: int = 7) -> dict[str, float]:
     }
     flops = 2.0 * b * h * n_items
     rates = {}
-    for name, fn in cases.items():
-        fn()
-        best = min(_timed(fn) for _ in range(reps))
-        rates[name] = flops / best / 1e9
+    # tf32 is a matmul mode of float32 tensors; bf16 is the tensors' own dtype
+    with precision_scope("tf32" if precision == "tf32" else "fp32", dev):
+        for name, fn in cases.items():
+            fn()
+            inner = 20 if dev.type == "cuda" else 1  # GPU products take ~0.1 ms: time a run of them
+            best = min(_timed(fn, dev, inner) for _ in range(reps)) / inner
+            rates[name] = flops / best / 1e9
     return rates
 
 
@@ -169,7 +162,7 @@ def recvae_floor(
     out: dict[str, Any] = {"classes": {}, "seconds": 0.0, "flops": 0.0}
     for name, (fn, flops, calls) in products.items():
         fn()
-        best = min(_timed(fn, clock) for _ in range(reps))
+        best = min(_timed(fn, clock=clock) for _ in range(reps))
         total = flops * calls * batches
         out["classes"][name] = {"gflops_per_epoch": total / 1e9, "rate_gflops": flops / best / 1e9}
         out["seconds"] += total / (flops / best)
@@ -187,9 +180,17 @@ def _merge_floors(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"classes": classes, "seconds": seconds, "flops": a["flops"]}
 
 
-def _timed(fn: Any, clock: Any = time.perf_counter) -> float:
+def _timed(
+    fn: Any, device: torch.device = torch.device("cpu"), repeat: int = 1,
+    clock: Any = time.perf_counter,
+) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t = clock()
-    fn()
+    for _ in range(repeat):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return clock() - t
 
 
@@ -305,7 +306,8 @@ def compare_first_layer(reps: int = 10) -> dict[str, float]:
 
 
 def run_model(
-    model_name: str, data_dir: Path, epochs: int, device: str, threads: int | None
+    model_name: str, data_dir: Path, epochs: int, device: str, threads: int | None,
+    precision: str = "fp32",
 ) -> dict:
     """Train one model on a saved dataset (in this process) and measure it."""
     from recvae.models import model_class
@@ -313,13 +315,19 @@ def run_model(
     ds = Dataset.load(data_dir)
     n_users, n_items = ds.train.shape
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    before = gemm_rates(n_items)
-    own_before = recvae_floor(n_users, n_items) if model_name == "recvae" else None
+    gemm_device = "cuda" if device.startswith("cuda") or (
+        device == "auto" and torch.cuda.is_available()) else "cpu"
+    before = gemm_rates(n_items, device=gemm_device, precision=precision)
+    own_before = (
+        recvae_floor(n_users, n_items) if model_name == "recvae" and gemm_device == "cpu" else None
+    )
     load_before = os.getloadavg()[0]
     reports: list[dict[str, float]] = []
-    model = model_class(model_name)(epochs=epochs, device=device, threads=threads)
+    model = model_class(model_name)(
+        epochs=epochs, device=device, threads=threads, precision=precision
+    )
     model.fit(ds, callbacks=[lambda r: reports.append(r.metrics)])
-    after = gemm_rates(n_items)
+    after = gemm_rates(n_items, device=gemm_device, precision=precision)
     rate = max(max(before.values()), max(after.values()))
     epoch_s = min(r["epoch_seconds"] for r in reports)
     flops_600 = 6.0 * n_users * 600 * n_items
@@ -329,7 +337,8 @@ def run_model(
         floor_own = own["seconds"]
         extra = {"recvae_floor": own, "recvae_shape": RECVAE_SHAPE}
     else:
-        floor_own = 6.0 * n_users * HIDDEN[model_name] * n_items / (rate * 1e9)
+        # RecVAE on a GPU has no per-class floor here: floor600 stands in for it
+        floor_own = 6.0 * n_users * HIDDEN.get(model_name, 600) * n_items / (rate * 1e9)
     return {
         "model": model_name,
         "users": n_users,
@@ -350,6 +359,12 @@ def run_model(
         "peak_rss_gb": peak_rss_gb(),
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
         "threads": torch.get_num_threads(),
+        "precision": precision,
+        "val_ndcg_at_100_best": max((r.get("val/ndcg_at_100", 0.0) for r in reports), default=None),
+        "val_ndcg_at_100_per_epoch": [r.get("val/ndcg_at_100") for r in reports],
+        "fit_seconds_total": sum(r["epoch_seconds"] + r.get("val_seconds", 0.0) for r in reports),
+        "gpu": torch.cuda.get_device_name(0) if gemm_device == "cuda" else None,
+        "gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gemm_device == "cuda" else None,
         "device": str(next(model.net_.parameters()).device),
         **extra,
     }
@@ -370,6 +385,7 @@ def in_subprocess(model_name: str, data_dir: Path, epochs: int, args: argparse.N
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += ["--precision", args.precision]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{model_name} on {data_dir} failed:\n{proc.stderr[-3000:]}")
@@ -410,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--small", type=Path, default=SMALL_ZIP, help="ml-latest-small zip ('' to skip)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="training precision; the floor is measured in the same precision")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--compare-first-layer", action="store_true")
     p.add_argument(
@@ -423,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(
             json.dumps(
-                run_model(args.worker, args.worker_data, args.epochs, args.device, args.threads)
+                run_model(args.worker, args.worker_data, args.epochs, args.device, args.threads,
+                          args.precision)
             )
         )
         return
@@ -471,10 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table(results["runs"]))
     print(
-        "floor600 = 6·users·600·items / GEMM rate (best decoder-shaped float32 GEMM measured "
-        "before/after training in the same process); floor own: Mult-DAE's hidden 200, RecVAE's "
-        "GEMMs per class at their own measured rates (module docstring); epoch s excludes "
-        "validation (val s)."
+        "floor600 = 6·users·600·items / GEMM rate (best decoder-shaped GEMM in the run's "
+        "precision, measured before/after training in the same process); floor own: Mult-DAE's "
+        "hidden 200, RecVAE's GEMMs per class at their own measured rates (module docstring); "
+        "epoch s excludes validation (val s)."
     )
     write_json(str(args.json) if args.json else None, results)
 

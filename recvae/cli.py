@@ -211,25 +211,44 @@ def _model_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recvae.config import RecommendConfig
+    from recvae import distributed
+    from recvae.config import RecommendConfig, build_model
     from recvae.data.dataset import Dataset
     from recvae.io import atomic_dir, remove_stale
     from recvae.pipeline import results_table, train_and_evaluate
 
-    remove_stale(args.out)  # what a killed `recvae train` left beside --out
     mc = _model_config(args)
+    nproc = args.nproc if args.nproc is not None else 1
+    if nproc > 1 or distributed.launched_by_torchrun():
+        model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
+        if not model.trains_distributed:
+            raise RecvaeError(f"{mc.model} does not train data-parallel; run it in one process")
+    if nproc > 1:
+        if distributed.launched_by_torchrun():
+            raise RecvaeError("--nproc: this is already one of torchrun's processes; drop --nproc")
+        return _exec_torchrun(nproc, args.argv)
+    distributed.init_from_env()
+    main_process = distributed.is_main()
+    if main_process:
+        remove_stale(args.out)  # what a killed `recvae train` left beside --out
     # checkpoints and the run's tracking record live here until the model is complete
     work = Path(args.out).parent / f".{Path(args.out).name}.work"
     tracker = None
-    if not args.no_track:
+    if main_process and not args.no_track:
         from recvae.tracking import Tracker
 
         # fails fast if unreachable; --resume continues the killed process's MLflow run
         tracker = Tracker(args.tracking_uri, args.experiment, output_dir=work, resume=args.resume)
     dataset = Dataset.load(args.data)
+    if args.refit:
+        dataset = dataset.for_refit()
     if tracker is not None:
         tracker.dataset, tracker.dataset_source = dataset, str(args.data)
     try:
+        if not main_process:  # the other processes only train, in step with rank 0
+            model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
+            model.fit(dataset, checkpoint_dir=work / "checkpoints" / mc.run_name, resume=args.resume)
+            return 0
         outcome = train_and_evaluate(
             mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
             recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
@@ -241,12 +260,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             shutil.copytree(outcome.model_dir, tmp)
     except BaseException:
         # The work folder is kept while it holds a checkpoint for --resume, or a tracking record
-        # that `recvae sync` must still send.
-        if not _has_checkpoint(work / "checkpoints") and not (
+        # that `recvae sync` must still send (rank 0 alone writes either).
+        if main_process and not _has_checkpoint(work / "checkpoints") and not (
             tracker is not None and tracker.not_logged()
         ):
             shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        distributed.shutdown()
     print(f"saved {args.out}")
     print(results_table([outcome], [f"test/{m}" for m in _table_metrics(args.k)]))
     if tracker is not None and tracker.not_logged():
@@ -293,6 +314,25 @@ def _ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
         return uri.rstrip("/") + page
     command = "recvae ui" if uri == resolve_tracking_uri(None) else f"recvae ui --tracking-uri {uri}"
     return f"{command}   then http://{UI_HOST}:{UI_PORT}{page}"
+
+
+def _exec_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Replace this process by torchrun starting ``recvae`` with ``argv`` less ``--nproc``."""
+    from recvae import distributed
+
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [*distributed.torchrun_command(nproc), *rest]
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+    return 1  # not reached
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -537,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the model's, auto)")
     s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100], help="cut-offs of the metrics")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--nproc", type=_POSITIVE, metavar="N",
+                   help="train data-parallel in N processes (runs torchrun; GPUs: one each)")
+    s.add_argument("--refit", action="store_true",
+                   help="train on training + validation interactions (no validation, no selection)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     s.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     s.add_argument("--experiment", help="MLflow experiment (default: <dataset> (<split>))")
@@ -613,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as e:
         print(f"recvae: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc`
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s"
     )

@@ -36,11 +36,14 @@ from recvae.search.spec import SearchConfig, model_search
 
 @dataclass
 class ModelConfig:
-    """One model of the pipeline: a registry name, an optional run label, hyper-parameters.
+    """One model of the pipeline: a registry name, an optional run label, hyper-parameters, and
+    ``nproc``: the processes that train it data-parallel (torchrun on ``recvae train``; models
+    with ``trains_distributed`` only).
 
     With ``search`` (a mapping of parameter spaces, or ``default``) the model is tuned on
     validation first; ``trials``, ``timeout_minutes``, ``sampler``, ``pruner`` and ``storage``
     override the pipeline's ``search:`` section for this model (see :mod:`recvae.search.spec`).
+    Search trials train in one process: ``search`` with ``nproc`` > 1 is refused.
     """
 
     model: str
@@ -52,6 +55,7 @@ class ModelConfig:
     sampler: str | dict[str, Any] | None = None
     pruner: str | dict[str, Any] | None = None
     storage: str | None = None
+    nproc: int = 1
 
     @property
     def run_name(self) -> str:
@@ -355,8 +359,19 @@ def validate(cfg: PipelineConfig, source: str) -> None:
         if m.run_name in seen:
             raise RecvaeError(f"{where}: duplicate run name {m.run_name!r}; give each model a distinct label")
         seen.add(m.run_name)
-        build_model(m, where=where)  # constructs (no training) to validate names, types and values
-        model_search(cfg, m, where=where)  # a bad search: block fails at load (and --dry-run)
+        model = build_model(m, where=where)  # constructs (no training) to validate the params
+        if m.nproc < 1:
+            raise RecvaeError(f"{where}.nproc: expected a positive integer, got {m.nproc}")
+        if m.nproc > 1 and not model.trains_distributed:
+            raise RecvaeError(
+                f"{where}.nproc: {m.model} does not train data-parallel; remove nproc "
+                "(the autoencoders other than recvae do)"
+            )
+        search = model_search(cfg, m, where=where)  # a bad search: block fails at load (and --dry-run)
+        if m.nproc > 1 and search is not None:
+            raise RecvaeError(
+                f"{where}.nproc: search trials train in one process; remove nproc or search"
+            )
 
 
 def select_models(cfg: PipelineConfig, only: Sequence[str] | None) -> list[ModelConfig]:

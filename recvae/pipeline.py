@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import logging
+import subprocess
 import sys
 import time
 import traceback
@@ -19,6 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from recvae import distributed
 from recvae.comparison import Comparison, log_comparison
 from recvae.config import ModelConfig, PipelineConfig, build_model, select_models, to_dict
 from recvae.data.dataset import Dataset
@@ -26,7 +30,7 @@ from recvae.data.ingest import drop_lines, ingest
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file
-from recvae.models.base import Callback, EpochReport, Recommender
+from recvae.models.base import Callback, EpochReport, Recommender, report_all
 from recvae.recommend import write_recommendations
 from recvae.search.spec import SearchSpec, model_search
 
@@ -124,7 +128,7 @@ def _fit(model: Recommender, dataset: Dataset, label: str, callbacks: list[Callb
 
 def _refit(
     overrides: dict[str, Any], mc: ModelConfig, dataset: Dataset, *, device: str | None,
-    show_progress: bool, checkpoint_dir: Path, resume: bool,
+    show_progress: bool, output_dir: Path, resume: bool, data_dir: Path | None = None,
 ) -> Recommender:
     """A fresh model of ``mc`` fitted on training + validation, with ``overrides``: the selected
     model's :meth:`~Recommender.refit_params` (for the autoencoders: exactly the selected number
@@ -134,9 +138,55 @@ def _refit(
     epochs = overrides.get("epochs")
     print(f"[{mc.run_name}] refit on training + validation"
           + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
-    _fit(fresh, dataset.for_refit(), f"{mc.run_name} refit", [], show_progress, checkpoint_dir,
-         resume, strict_resume=False)
+    if mc.nproc > 1:
+        return fit_distributed(
+            refit_mc, data_dir, output_dir / "distributed" / f"{mc.run_name}.refit",
+            device=device, resume=resume, refit=True, show_progress=show_progress,
+        )
+    _fit(fresh, dataset.for_refit(), f"{mc.run_name} refit", [], show_progress,
+         output_dir / "checkpoints" / f"{mc.run_name}.refit", resume, strict_resume=False)
     return fresh
+
+
+def fit_distributed(
+    mc: ModelConfig, data_dir: Path | None, out_dir: Path, *, device: str | None, resume: bool,
+    refit: bool = False, show_progress: bool = True, callbacks: Sequence[Callback] = (),
+) -> Recommender:
+    """Train ``mc`` data-parallel in ``mc.nproc`` processes: torchrun on ``recvae train`` (no
+    tracking) writing the model to ``out_dir``, which is loaded and returned. Its epoch lines
+    print as it trains; its history is then handed to ``callbacks`` (e.g. the tracker's).
+
+    ``refit``: train on training + validation (``recvae train --refit``). ``resume`` continues
+    from the checkpoint that an interrupted run with the same ``out_dir`` left.
+    """
+    from recvae.models import load_model
+
+    if data_dir is None:
+        raise RecvaeError(f"{mc.run_name}: nproc {mc.nproc} needs the dataset directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    params_file = out_dir.parent / f"{out_dir.name}.params.yaml"
+    params_file.write_text(yaml.safe_dump(dict(mc.params)))
+    cmd = [*distributed.torchrun_command(mc.nproc), "train", "--data", str(data_dir),
+           "--model", mc.model, "--label", mc.run_name, "--params", str(params_file),
+           "--out", str(out_dir), "--no-track"]
+    cmd += (["--device", device] if device else []) + (["--resume"] if resume else [])
+    cmd += (["--refit"] if refit else []) + ([] if show_progress else ["--quiet"])
+    print(f"[{mc.run_name}] training in {mc.nproc} processes: {' '.join(cmd)}", flush=True)
+    status = subprocess.run(cmd).returncode
+    if status != 0:
+        raise RecvaeError(
+            f"{mc.run_name}: training in {mc.nproc} processes failed (torchrun exit status "
+            f"{status}; its output is above)"
+        )
+    model = load_model(out_dir)
+    best = -float("inf")
+    for h in model.history_ if callbacks else ():
+        metrics = {k: v for k, v in h.items() if k != "epoch"}
+        score = metrics.get("val/ndcg_at_100")
+        is_best = score is None or score > best
+        best = max(best, score) if score is not None else best
+        report_all(callbacks, EpochReport(epoch=int(h["epoch"]), metrics=metrics, is_best=is_best))
+    return model
 
 
 def train_and_evaluate(
@@ -158,6 +208,7 @@ def train_and_evaluate(
     config: dict[str, Any] | None = None,
     search: SearchSpec | None = None,
     study_name: str | None = None,
+    data_dir: Path | None = None,
 ) -> ModelOutcome:
     """Train one model, evaluate it on validation and test, write its top-k file, log it all.
 
@@ -166,8 +217,15 @@ def train_and_evaluate(
     it trains in epochs) and the test metrics, top-k file, saved and logged model come from it.
     With ``search``, the model's parameters are first tuned on validation in the Optuna study
     ``study_name`` (:func:`recvae.search.runner.search_model`), and the final model is the
-    best trial's: refitted with ``refit``, else the best trial's fitted model itself.
+    best trial's: refitted with ``refit``, else the best trial's fitted model itself. Trials
+    train in this process: a searched model with ``mc.nproc`` > 1 is refused.
+    With ``mc.nproc`` > 1 the model trains data-parallel (:func:`fit_distributed`, which needs
+    ``data_dir``, the saved ``dataset``); the rest happens here, in this process.
     """
+    if search is not None and mc.nproc > 1:
+        raise RecvaeError(
+            f"model {mc.run_name!r}: search trials train in one process; remove nproc or search"
+        )
     model = build_model(mc, device=device, where=f"model {mc.run_name!r}")
     searched = set(search.space) if search is not None else set()
     fixed = {k: v for k, v in model.params().items() if k not in searched}
@@ -178,7 +236,6 @@ def train_and_evaluate(
         tracker.start_model(mc.run_name, params=params, config=params, device=device)
         if tracker is not None else contextlib.nullcontext(None)
     )
-    from recvae.tracking import registered_model_name
 
     out = ModelOutcome(run_name=mc.run_name, model=mc.model, ok=False)
     with run_ctx as run:
@@ -195,15 +252,27 @@ def train_and_evaluate(
             )
         else:
             callbacks = [tracker.epoch_callback()] if tracker is not None else []
-            out.fit_seconds = _fit(
-                model, dataset, mc.run_name, callbacks, show_progress,
-                output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume,
-            )
+            if mc.nproc > 1:  # the processes print their epochs; the tracker gets their history
+                t0 = time.perf_counter()
+                model = fit_distributed(
+                    mc, data_dir, output_dir / "distributed" / mc.run_name, device=device,
+                    resume=resume, show_progress=show_progress, callbacks=callbacks,
+                )
+                out.fit_seconds = time.perf_counter() - t0
+            else:
+                out.fit_seconds = _fit(
+                    model, dataset, mc.run_name, callbacks, show_progress,
+                    output_dir / "checkpoints" / mc.run_name, resume, strict_resume=strict_resume,
+                )
             if tracker is not None:  # epochs restored from a checkpoint that no report carried
                 tracker.complete_curve(model.history_, model.best_epoch_)
             t1 = time.perf_counter()
-            val = evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size, inplace=True)
-            val_metrics = val.as_metrics("val")
+            # a dataset for a refit (`recvae train --refit`) has no validation targets left
+            val_metrics = (
+                evaluate(model.score, dataset.validation, ks, batch_size=eval_batch_size,
+                         inplace=True).as_metrics("val")
+                if dataset.validation.holdout.nnz else {}
+            )
             out.score_seconds = time.perf_counter() - t1
             out.refit_epochs, overrides = model.best_epoch_, model.refit_params()
         out.selected_epoch = out.refit_epochs
@@ -213,7 +282,7 @@ def train_and_evaluate(
             t1 = time.perf_counter()
             model = _refit(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
-                checkpoint_dir=output_dir / "checkpoints" / f"{mc.run_name}.refit", resume=resume,
+                output_dir=output_dir, resume=resume, data_dir=data_dir,
             )
             out.refit_seconds = time.perf_counter() - t1
         else:
@@ -236,6 +305,8 @@ def train_and_evaluate(
             if out.refit_epochs is not None:
                 tracker.log_final({"refit/epochs": float(out.refit_epochs)})
             if log_model:  # the test metrics, linked to the logged model and the test part
+                from recvae.tracking import registered_model_name  # MLflow only when tracking
+
                 info = tracker.log_model(
                     model, dataset, model_dir=model_dir, metrics=test_metrics,
                     registered_model_name=registered_model_name(dataset) if register else None,
@@ -374,6 +445,7 @@ def run_pipeline(
                     log_model=cfg.tracking.log_model, show_progress=show_progress, config=common,
                     refit=cfg.refit, resume=resume, strict_resume=False,
                     search=model_search(cfg, mc), study_name=study_name(cfg, mc),
+                    data_dir=Path(cfg.data.out_dir),
                 )
             except Exception as e:  # one model's failure must not stop the others
                 detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
@@ -479,6 +551,6 @@ def results_table(
 
 
 __all__ = [
-    "FitSummary", "ModelOutcome", "format_summary", "print_epoch", "results_table", "run_pipeline",
-    "train_and_evaluate", "write_results",
+    "FitSummary", "ModelOutcome", "fit_distributed", "format_summary", "print_epoch",
+    "results_table", "run_pipeline", "train_and_evaluate", "write_results",
 ]

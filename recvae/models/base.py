@@ -64,6 +64,9 @@ class Recommender(ABC):
     #: and continue from it with ``resume=True``. Closed-form and library-fitted models have
     #: nothing to checkpoint: they ignore both arguments and leave ``best_epoch_`` None.
     trains_in_epochs: ClassVar[bool] = False
+    #: True for models whose ``fit`` trains data-parallel when called in every process of a
+    #: torchrun job (``recvae train`` under torchrun, ``nproc`` in a pipeline).
+    trains_distributed: ClassVar[bool] = False
     item_ids_: np.ndarray | None = field(default=None, init=False, repr=False)
     best_epoch_: int | None = field(default=None, init=False, repr=False)
     #: Per-epoch metrics of the training that produced the model (``{"epoch": e, ...}``, the

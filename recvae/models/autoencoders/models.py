@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from recvae import distributed
 from recvae.batching import row_batches
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
@@ -37,13 +38,16 @@ from recvae.models.autoencoders.nets import (
     DAE,
     PRIOR_WEIGHTS,
     VAE,
+    NegativeSampler,
     RecVAENet,
     RecVAEWithPrior,
     SparseRows,
     init_fan_in_uniform,
     init_weights,
+    set_softmax,
 )
 from recvae.models.autoencoders.training import (
+    PRECISIONS,
     Checkpointing,
     ElboStep,
     RecVAEStep,
@@ -70,6 +74,7 @@ TRAINING_FILE = "training.json"
 # ``total_anneal_steps: auto``: β reaches its cap at the same fraction of training as in the
 # paper's ML-20M run, where cap 0.2 × 200,000 steps = step 40,000 of 200 epochs × 234 batches.
 PAPER_ANNEAL_FRACTION = 40_000 / (200 * 234)
+SOFTMAX = ("full", "sampled")
 
 
 @dataclass
@@ -78,12 +83,28 @@ class Autoencoder(Recommender):
 
     ``lr``, ``batch_size``, ``epochs`` as in the papers; ``patience`` stops after that many
     epochs without a better validation NDCG@100; ``device`` is ``auto`` (CUDA when present),
-    ``cpu``, ``cuda`` or ``cuda:N``; ``threads`` defaults to the CPU cores available;
-    ``eval_batch_size`` rows are scored at a time. Subclasses define the network
-    (:meth:`_build_net`) and the training step (:meth:`_build_step`).
+    ``cpu``, ``cuda`` or ``cuda:N``; ``threads`` defaults to the CPU cores available (divided
+    among the processes of a torchrun job); ``eval_batch_size`` rows are scored at a time.
+    Subclasses define the network (:meth:`_build_net`) and the training step (:meth:`_build_step`).
+
+    ``softmax``: ``full`` (the papers') or ``sampled`` for large catalogues, where training
+    normalises each user's multinomial over the batch's items plus ``negatives`` shared
+    negatives drawn from popularity^``negatives_alpha`` with the logQ correction
+    (:meth:`~recvae.models.autoencoders.nets.MultinomialOutput.sampled_nll`); the item matrices
+    then get row-sparse gradients and lazy Adam in a single process (dense gradients under
+    DDP). Scoring is always exact, over all items. It applies to every network whose decoder
+    ends in a ``MultinomialOutput``.
+
+    ``precision``: ``fp32``, ``tf32`` (CUDA tensor cores for float32 products) or ``bf16``
+    (autocast) for the training steps; validation and scoring are float32.
+
+    Inside a torchrun job (``torch.distributed`` initialised, e.g. by ``recvae train`` under
+    torchrun) ``fit`` trains data-parallel: ``batch_size`` stays the global batch, ``cuda``
+    means this process's GPU (``LOCAL_RANK``), and every process ends with the selected weights.
     """
 
     trains_in_epochs: ClassVar[bool] = True
+    trains_distributed: ClassVar[bool] = True
 
     lr: float = 1e-3
     batch_size: int = 500
@@ -93,6 +114,10 @@ class Autoencoder(Recommender):
     patience: int | None = None
     eval_batch_size: int = 2000
     threads: int | None = None
+    softmax: str = "full"
+    negatives: int = 4096
+    negatives_alpha: float = 0.75
+    precision: str = "fp32"
 
     net_: nn.Module | None = field(default=None, init=False, repr=False)
     history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
@@ -114,6 +139,10 @@ class Autoencoder(Recommender):
         check_int(self, "threads", minimum=1, optional=True)
         check_real(self, "lr", low=0.0, low_open=True)
         check_device(self)
+        check_choice(self, "softmax", SOFTMAX)
+        check_int(self, "negatives", minimum=1)
+        check_real(self, "negatives_alpha", low=0.0)
+        check_choice(self, "precision", PRECISIONS)
 
     # ---------------------------------------------------------------- contract
     def fit(
@@ -141,13 +170,14 @@ class Autoencoder(Recommender):
                 f"{self.name}: dataset has {len(item_ids)} item ids but its training matrix has "
                 f"{train_rows.shape[1]} columns"
             )
-        device = resolve_device(self.device, strict=True, name=self.name)
+        device = distributed.local_device(resolve_device(self.device, strict=True, name=self.name))
         checkpoint = (
             Checkpointing(checkpoint_dir, resume, self._fingerprint(item_ids, train_rows))
             if checkpoint_dir is not None else None
         )
         with torch_threads(self.threads):
             net = self._new_net(train_rows.shape[1]).to(device)
+            self._set_softmax(net, train_rows, device)
             step = self._build_step(net, train_rows.shape[0])
             state = train(
                 step,
@@ -156,7 +186,7 @@ class Autoencoder(Recommender):
                 TrainConfig(
                     epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, device=device,
                     patience=self.patience, eval_batch_size=self.eval_batch_size,
-                    show_progress=show_progress,
+                    show_progress=show_progress, precision=self.precision,
                 ),
                 callbacks=callbacks,
                 checkpoint=checkpoint,
@@ -233,6 +263,15 @@ class Autoencoder(Recommender):
             self.history_, self.best_epoch_ = history, best
 
     # ---------------------------------------------------------------- helpers
+    def _set_softmax(self, net: nn.Module, train_rows: sp.csr_matrix, device: torch.device) -> None:
+        """Configure the output layers for ``softmax`` (item popularity from ``train_rows``)."""
+        if self.softmax == "full":
+            return
+        popularity = np.bincount(train_rows.indices, minlength=train_rows.shape[1])
+        sampler = NegativeSampler(popularity, self.negatives, self.negatives_alpha, device)
+        # DDP all-reduces dense gradients only (see training._objective)
+        set_softmax(net, sampler, sparse_grad=distributed.world()[1] == 1)
+
     def _new_net(self, n_items: int) -> nn.Module:
         net = self._build_net(n_items)
         init_weights(net, torch.Generator().manual_seed(self.seed))
@@ -246,7 +285,9 @@ class Autoencoder(Recommender):
 
     def _fingerprint(self, item_ids: np.ndarray, train_rows: sp.csr_matrix) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption."""
-        free = {"epochs", "patience", "device", "threads", "eval_batch_size"}
+        free = {"epochs", "patience", "device", "threads", "eval_batch_size", "precision"}
+        if self.softmax == "full":  # checkpoints written before `softmax` existed still resume
+            free |= {"softmax", "negatives", "negatives_alpha"}
         params = {k: v for k, v in self.params().items() if k not in free}
         digest = hashlib.sha256("\x1f".join(map(str, item_ids)).encode()).hexdigest()
         return {"model": self.name, **params, "item_digest": digest, "train_nnz": int(train_rows.nnz)}
@@ -381,7 +422,10 @@ class RecVAE(Autoencoder):
     set ``gamma=None`` and ``beta``. Each epoch trains the encoder for ``encoder_passes``
     passes over the users, then the decoder for ``decoder_passes``. ``epochs`` = 50 is the
     authors' ML-20M command (their README, and the WSDM notebook's ``range(50)``); ``lr`` and
-    ``batch_size`` are the paper's. Other fields as :class:`Autoencoder`.
+    ``batch_size`` are the paper's. Other fields as :class:`Autoencoder`, except that RecVAE
+    trains with the full softmax and in one process: ``softmax: sampled`` and data-parallel
+    training (torchrun, ``nproc`` > 1) are refused, since its alternating halves call the
+    network outside the loop's DDP-wrapped loss.
 
     Example::
 
@@ -390,6 +434,7 @@ class RecVAE(Autoencoder):
     """
 
     name: ClassVar[str] = "recvae"
+    trains_distributed: ClassVar[bool] = False  # RecVAEStep computes its losses outside DDP
 
     lr: float = 5e-4
     epochs: int = 50
@@ -418,6 +463,17 @@ class RecVAE(Autoencoder):
                 "set gamma: null"
             )
         self.prior_weights = check_weights(self, "prior_weights", len(PRIOR_WEIGHTS))
+        if self.softmax != "full":
+            raise RecvaeError(
+                f"{self.name}: softmax must be 'full', got {self.softmax!r} (the sampled softmax "
+                "is for Mult-VAE and Mult-DAE; RecVAE's decoder passes train the full one)"
+            )
+        world_size = distributed.world()[1]
+        if world_size > 1:
+            raise RecvaeError(
+                f"{self.name}: trains in one process only, not in a torchrun job of {world_size} "
+                "processes; use nproc: 1 (or no --nproc)"
+            )
 
     def _build_net(self, n_items: int) -> nn.Module:
         return RecVAENet(

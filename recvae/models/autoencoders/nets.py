@@ -16,6 +16,11 @@ and two backward for the decoder's output layer: the compute floor of the model.
 2 CPU cores (benchmarks/train_speed.py): 67 s per ML-20M-shaped Mult-VAE epoch, 1.45× that
 floor at the best decoder-shaped GEMM rate; peak memory 1.2 GB.
 
+Large catalogues: with a :class:`NegativeSampler` set on the output layer (``softmax: sampled``)
+the softmax runs over the batch's items plus S shared negatives instead of all items, so a batch
+costs B × (items in the batch + S) instead of B × n_items, and the item-indexed matrices (the
+sparse input layer, the output layer) can take row-sparse gradients (``sparse_grad``).
+
 Example::
 
     net = VAE(n_items, hidden_dims=(600,), latent_dim=200, activation="tanh", dropout=0.5)
@@ -85,6 +90,41 @@ class SparseRows:
         )
 
 
+class DeviceCsr:
+    """A CSR matrix kept on a device, whose batches of rows are gathered there.
+
+    On a GPU, slicing rows with scipy on the host and copying each batch over costs more than
+    the training step itself (milliseconds per batch against a GEMM of ~0.5 ms), so the
+    training rows move to the device once (12 bytes per interaction) and each batch is built
+    with a few gathers. The host keeps ``indptr`` to size the batch without a device sync.
+    """
+
+    def __init__(self, m: sp.csr_matrix, device: torch.device | str) -> None:
+        m = m.tocsr()
+        self.device = torch.device(device)
+        self.indptr_host = m.indptr.astype(np.int64)
+        self.indptr = torch.from_numpy(self.indptr_host).to(self.device)
+        self.indices = torch.from_numpy(m.indices.astype(np.int64)).to(self.device)
+        self.data = torch.from_numpy(np.asarray(m.data, dtype=np.float32)).to(self.device)
+
+    def rows(self, index: np.ndarray) -> SparseRows:
+        """The rows ``index`` (host integers) as a batch, equal to ``SparseRows.from_csr(m[index])``."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths_host = self.indptr_host[index + 1] - self.indptr_host[index]
+        total = int(lengths_host.sum())
+        n = len(index)
+        lengths = torch.from_numpy(lengths_host).to(self.device)
+        starts = self.indptr[torch.from_numpy(index).to(self.device)]
+        offsets = torch.cumsum(lengths, 0) - lengths
+        rows = torch.repeat_interleave(
+            torch.arange(n, device=self.device), lengths, output_size=total
+        )
+        pos = starts[rows] + torch.arange(total, device=self.device) - offsets[rows]
+        values = self.data[pos]
+        counts = torch.zeros(n, device=self.device).index_add_(0, rows, values)
+        return SparseRows(n, offsets, rows, self.indices[pos], values, counts)
+
+
 # =========================================================================== modules
 
 
@@ -103,6 +143,34 @@ def corrupt(x: SparseRows, dropout: float, generator: torch.Generator | None) ->
     return values
 
 
+class _GatherRows(torch.autograd.Function):
+    """``param[index]`` (rows of an item-indexed parameter) whose gradient touches only those rows.
+
+    ``index`` holds distinct rows in increasing order. ``sparse``: the gradient is a sparse COO
+    tensor of those rows, already coalesced (no sort in the optimizer), for lazy Adam;
+    otherwise a dense gradient (zeros elsewhere) for a dense optimizer or an all-reduce that
+    needs dense tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, param, index, sparse):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.sparse = param.shape, sparse
+        return param.index_select(0, index)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (index,) = ctx.saved_tensors
+        if ctx.sparse:
+            g = torch.sparse_coo_tensor(
+                index.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False
+            )
+        else:
+            g = grad.new_zeros(ctx.shape).index_add_(0, index, grad)
+        return g, None, None
+
+
 class SparseLinear(nn.Module):
     """First encoder layer, x·W + b for sparse rows x: costs nnz·out flops, not n_items·out.
 
@@ -116,10 +184,18 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_items, out_dim))  # one row per item
         self.bias = nn.Parameter(torch.empty(out_dim))
+        # A sparse COO gradient touching only the batch's item rows (for lazy Adam on large
+        # catalogues); dense by default.
+        self.sparse_grad = False
 
     def forward(self, x: SparseRows, values: torch.Tensor) -> torch.Tensor:
+        if not self.sparse_grad:
+            table, cols = self.weight, x.cols
+        else:  # the batch's rows of W: their gradient is a coalesced sparse one
+            items, cols = torch.unique(x.cols, return_inverse=True)
+            table = _GatherRows.apply(self.weight, items, True)
         return (
-            F.embedding_bag(x.cols, self.weight, x.offsets, mode="sum", per_sample_weights=values)
+            F.embedding_bag(cols, table, x.offsets, mode="sum", per_sample_weights=values)
             + self.bias
         )
 
@@ -139,7 +215,13 @@ class _MultinomialNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, rows, cols, values, counts):  # noqa: ANN001, ANN205
         n_rows = h.shape[0]
-        logits = torch.addmm(bias, h, weight.t())  # the decoder's one dense GEMM
+        # Under autocast (precision: bf16) the GEMMs run in the low precision, but the bias, the
+        # softmax over n_items and the loss stay in float32: a bf16 softmax loses the tail items.
+        ctx.low, ctx.bias_dtype = autocast_dtype(h.device.type), bias.dtype
+        if ctx.low is None:
+            logits = torch.addmm(bias, h, weight.t())  # the decoder's one dense GEMM
+        else:
+            logits = torch.mm(h, weight.t()).float().add_(bias)
         observed = logits[rows, cols]
         top, argtop = logits.max(dim=1)
         if logits.is_cuda:
@@ -160,29 +242,120 @@ class _MultinomialNLL(torch.autograd.Function):
         h, weight, residual, scale = ctx.saved_tensors  # grad wrt logits = diag(scale)·residual
         scale = scale * grad_nll
         grad_h = grad_w = grad_b = None
+        low = ctx.low or residual.dtype  # the backward GEMMs in the forward's precision
+        r = residual.to(low)
         if ctx.needs_input_grad[0]:
-            grad_h = torch.mm(residual, weight).mul_(scale.unsqueeze(1))
+            grad_h = torch.mm(r, weight.to(low)).float().mul_(scale.unsqueeze(1)).to(h.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(residual.t(), h * scale.unsqueeze(1))
+            grad_w = torch.mm(r.t(), (h.float() * scale.unsqueeze(1)).to(low)).to(weight.dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = torch.mv(residual.t(), scale)
+            grad_b = torch.mv(residual.t(), scale).to(ctx.bias_dtype)
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts matrix products to on ``device_type``, or None when it is off."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if on else None
+    except TypeError:  # torch < 2.4 has one function per device type
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
+class NegativeSampler:
+    """S negatives per batch, shared by its rows, drawn with replacement from q_j ∝ n_j^α.
+
+    ``popularity`` n_j is each item's count of training users (at least 1, so that every item
+    can be drawn); α = 0.75 flattens the unigram distribution as word2vec's negative sampling
+    does. The draws come from the batch's generator, so they are a function of (seed, epoch)
+    and resume stays exact.
+    """
+
+    def __init__(
+        self, popularity: np.ndarray, n_negatives: int, alpha: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        q = np.maximum(np.asarray(popularity, dtype=np.float64), 1.0) ** float(alpha)
+        q /= q.sum()
+        self.n_negatives = int(n_negatives)
+        self.alpha = float(alpha)
+        # float64: at 10^6 items the smallest q_j is far below float32's resolution of a CDF.
+        self.cdf = torch.from_numpy(np.cumsum(q)).to(device)
+        self.log_q = torch.from_numpy(np.log(q)).to(device)
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distinct items drawn, how many times each was drawn): S draws in all."""
+        u = torch.rand(self.n_negatives, generator=generator, dtype=torch.float64,
+                       device=self.cdf.device)
+        idx = torch.searchsorted(self.cdf, u, right=True).clamp_max_(len(self.cdf) - 1)
+        return torch.unique(idx, return_counts=True)
+
+
 class MultinomialOutput(nn.Module):
-    """Decoder output layer: logits h·Wᵀ + b over all items; π = softmax(logits)."""
+    """Decoder output layer: logits h·Wᵀ + b over all items; π = softmax(logits).
+
+    Training uses the full softmax unless ``sampler`` is set (``softmax: sampled``); scoring
+    (``forward``) is always exact, over all items.
+    """
 
     def __init__(self, in_dim: int, n_items: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_items, in_dim))
         self.bias = nn.Parameter(torch.empty(n_items))
+        self.sampler: NegativeSampler | None = None
+        self.sparse_grad = False  # row-sparse gradients of weight and bias (sampled only)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, h, self.weight.t())
 
-    def nll(self, h: torch.Tensor, x: SparseRows) -> torch.Tensor:
-        """Batch mean of −Σ_j x_j log π_j: the multinomial log-likelihood of Eq. 2, negated."""
-        return _MultinomialNLL.apply(h, self.weight, self.bias, x.rows, x.cols, x.values, x.counts)
+    def nll(
+        self, h: torch.Tensor, x: SparseRows, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Batch mean of −Σ_j x_j log π_j: the multinomial log-likelihood of Eq. 2, negated.
+
+        With a sampler the softmax's normaliser is estimated (see :meth:`sampled_nll`), drawing
+        the negatives from ``generator``.
+        """
+        if self.sampler is None:
+            return _MultinomialNLL.apply(
+                h, self.weight, self.bias, x.rows, x.cols, x.values, x.counts
+            )
+        if generator is None:
+            raise ValueError("the sampled softmax draws its negatives from the batch's generator")
+        return self.sampled_nll(h, x, self.sampler, generator)
+
+    def sampled_nll(
+        self, h: torch.Tensor, x: SparseRows, sampler: NegativeSampler,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The multinomial NLL with Z_u = Σ_j exp(logit_uj) estimated from the batch's items and
+        S shared negatives (sampled softmax with the logQ correction; FastVAE, Chen et al. WWW
+        2022; Yi et al. RecSys 2019).
+
+        Z_u splits into the items of the batch, P (every user's positives are among them),
+        summed exactly, and the others, estimated by importance sampling from the S draws:
+        Σ_{j∉P} exp(logit_uj) ≈ Σ_{distinct draws j∉P} (c_j / (S·q_j))·exp(logit_uj), c_j the
+        times j was drawn. So each negative's logit gets the correction log c_j − log(S·q_j)
+        and draws that fall in P are dropped: given P, the estimate of Z_u is unbiased. The
+        fused loss then runs on B × (|P| + negatives) logits, and only the rows of W and b of
+        those items receive a gradient.
+        """
+        items, inverse = torch.unique(x.cols, return_inverse=True)
+        negatives, counts = sampler.draw(generator)
+        outside = ~torch.isin(negatives, items)
+        negatives, counts = negatives[outside], counts[outside]
+        correction = counts.double().log() - math.log(sampler.n_negatives) - sampler.log_q[negatives]
+        # in increasing order (the gradients are then coalesced); positives follow their items
+        candidates, order = torch.sort(torch.cat([items, negatives]))
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order), device=order.device)
+        offset = torch.cat([correction.new_zeros(len(items)), correction])[order].to(h.dtype)
+        weight = _GatherRows.apply(self.weight, candidates, self.sparse_grad)
+        bias = _GatherRows.apply(self.bias, candidates, self.sparse_grad) + offset
+        cols = position[inverse]
+        return _MultinomialNLL.apply(h, weight, bias, x.rows, cols, x.values, x.counts)
 
 
 class Encoder(nn.Module):
@@ -226,8 +399,10 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.output(self.hidden(z))
 
-    def nll(self, z: torch.Tensor, x: SparseRows) -> torch.Tensor:
-        return self.output.nll(self.hidden(z), x)
+    def nll(
+        self, z: torch.Tensor, x: SparseRows, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self.output.nll(self.hidden(z), x, generator)
 
 
 class VAE(nn.Module):
@@ -267,7 +442,7 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * torch.exp(0.5 * logvar)  # reparameterization trick
         kl = (0.5 * (-logvar + logvar.exp() + mu.square() - 1.0)).sum(dim=1).mean()
-        return self.decoder.nll(z, x), kl
+        return self.decoder.nll(z, x, generator), kl
 
 
 class DAE(nn.Module):
@@ -288,7 +463,7 @@ class DAE(nn.Module):
     def loss(self, x: SparseRows, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(−Σ_j x_j log π_j(x̃) as a batch mean, 0): the dropout mask comes from ``generator``."""
         h = self.encoder(x, corrupt(x, self.dropout, generator))
-        return self.decoder.nll(h, x), h.new_zeros(())
+        return self.decoder.nll(h, x, generator), h.new_zeros(())
 
 
 def init_weights(net: nn.Module, generator: torch.Generator) -> None:
@@ -477,3 +652,26 @@ def init_fan_in_uniform(net: nn.Module, generator: torch.Generator) -> None:
         bound = 1.0 / math.sqrt(fan_in)
         nn.init.uniform_(module.weight, -bound, bound, generator=generator)
         nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
+def set_softmax(net: nn.Module, sampler: NegativeSampler | None, *, sparse_grad: bool) -> None:
+    """Train every :class:`MultinomialOutput` of ``net`` with ``sampler`` (None: the full
+    softmax) and give the item-indexed matrices (those of the output layers and of every
+    :class:`SparseLinear`) row-sparse gradients when ``sparse_grad``."""
+    for module in net.modules():
+        if isinstance(module, MultinomialOutput):
+            module.sampler = sampler
+            module.sparse_grad = sparse_grad and sampler is not None
+        elif isinstance(module, SparseLinear):
+            module.sparse_grad = sparse_grad
+
+
+def row_sparse_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``net`` whose gradients are sparse COO tensors (see :func:`set_softmax`)."""
+    out: list[nn.Parameter] = []
+    for module in net.modules():
+        if isinstance(module, MultinomialOutput) and module.sparse_grad:
+            out += [module.weight, module.bias]
+        elif isinstance(module, SparseLinear) and module.sparse_grad:
+            out.append(module.weight)
+    return out

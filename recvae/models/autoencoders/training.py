@@ -9,8 +9,17 @@ checks and the per-epoch callbacks. What happens inside an epoch belongs to a *s
 
 Everything the loop must carry across a restart is one :class:`TrainState`, saved whole in
 the checkpoint with the network and the step's optimizers. Because every epoch's randomness
-(order, dropout masks, reparameterization noise) comes only from ``(seed, epoch)``, a run
-resumed from a checkpoint reproduces the uninterrupted run exactly on CPU.
+(order, dropout masks, reparameterization noise, sampled negatives) comes only from
+``(seed, epoch)``, a run resumed from a checkpoint reproduces the uninterrupted run exactly on
+CPU.
+
+Data-parallel training (``torchrun``, see :mod:`recvae.distributed`): every process runs this
+loop; each takes its share of every batch of the epoch's permutation (:meth:`Epoch.passes`),
+computes the loss through a ``DistributedDataParallel`` module (:meth:`Epoch.loss`), which
+all-reduces the gradients, validates its share of the validation users, and rank 0 alone
+checkpoints and calls the callbacks. ``batch_size`` is the global batch: two processes with
+batch 500 take 250 users each per step, and the gradient equals the single-process one in
+expectation (exactly, where training draws no noise).
 
 Example::
 
@@ -28,7 +37,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,19 +45,29 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from recvae import distributed
 from recvae.batching import row_batches
 from recvae.data.dataset import Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file, binary_sink
-from recvae.models.autoencoders.nets import RecVAEWithPrior, SparseRows
+from recvae.models.autoencoders.nets import (
+    DeviceCsr,
+    RecVAEWithPrior,
+    SparseRows,
+    row_sparse_parameters,
+)
 from recvae.models.base import Callback, EpochReport
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 SELECTION_METRIC = "ndcg_at_100"  # model selection on validation NDCG@100, as the paper
+SCORE_BUDGET = 1 << 26  # scores (floats) per validation batch: 256 MB
 VALIDATION_METRICS = (
     "ndcg_at_100",
     "ndcg_at_20",
@@ -71,34 +90,63 @@ def kl_weight(step: int, anneal_cap: float, total_anneal_steps: int) -> float:
     return min(float(anneal_cap), step / total_anneal_steps)
 
 
-def epoch_seeds(seed: int, epoch: int, part: int = 0) -> tuple[np.random.Generator, int]:
+def epoch_seeds(
+    seed: int, epoch: int, part: int = 0, rank: int = 0
+) -> tuple[np.random.Generator, int]:
     """The user-order generator and torch seed of pass ``part`` of an epoch, a pure function of
-    ``(seed, epoch, part)``.
+    ``(seed, epoch, part)`` (and, for the torch seed, of the process's ``rank``).
 
     Deriving them per epoch (instead of drawing from one stream) makes resume exact: a resumed
     run needs no RNG state from the interrupted one. ``part`` numbers the passes over the users
-    within one epoch (RecVAE makes several); the single pass of Mult-VAE is part 0.
+    within one epoch (RecVAE makes several); the single pass of Mult-VAE is part 0. Every rank
+    of a distributed run gets the same order (each takes its share of it) and its own torch
+    seed (its own dropout masks and noise); rank 0's is the single-process seed.
     """
     key = [int(seed), int(epoch)] + ([int(part)] if part else [])
-    order_ss, torch_ss = np.random.SeedSequence(key).spawn(2)
+    children = np.random.SeedSequence(key).spawn(2 + int(rank))
+    order_ss, torch_ss = children[0], children[1 + int(rank)]
     return np.random.default_rng(order_ss), int(torch_ss.generate_state(1, np.uint64)[0] >> 1)
 
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[int]:
-    """Run the block with ``n`` intra-op threads (default: the cores this process may use)."""
+    """Run the block with ``n`` intra-op threads (default: the cores this process may use,
+    divided among the processes torchrun started on this machine)."""
     if n is None:
-        n = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        n = distributed.default_threads()
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
         yield int(n)
     finally:
         torch.set_num_threads(before)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the block's matrix products in ``precision`` (training only: validation and scoring
+    stay float32, so that rankings are not decided by rounding).
+
+    ``fp32``: float32 throughout. ``tf32``: float32 tensors, CUDA matrix products on TF32
+    tensor cores (10-bit mantissa inputs, float32 accumulation; a no-op on CPUs). ``bf16``:
+    autocast to bfloat16 for the products (the fused multinomial loss keeps its softmax and
+    loss in float32); parameters, gradients and Adam's moments stay float32.
+    """
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and device.type == "cuda":
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+    else:
+        yield
 
 
 @contextlib.contextmanager
@@ -134,7 +182,12 @@ def reuse_freed_memory() -> Iterator[None]:
 
 @dataclass
 class Epoch:
-    """One epoch as a step sees it: the training rows, and batches in a seeded random order."""
+    """One epoch as a step sees it: the training rows, batches in a seeded random order, and the
+    network's loss computed the way this run needs it (:meth:`loss`).
+
+    In a distributed run (``world_size`` > 1) every process sees the same batches of
+    ``batch_size`` users and trains on its ``rank``'s share of each.
+    """
 
     train: sp.csr_matrix
     number: int
@@ -142,26 +195,97 @@ class Epoch:
     batch_size: int
     device: torch.device
     show_progress: bool = False
+    rank: int = 0
+    world_size: int = 1
+    objective: nn.Module | None = None  # Objective(net), wrapped in DDP when distributed
+    on_device: DeviceCsr | None = None  # ``train`` kept on the device (GPUs), batches gathered there
+    rows_seen: int = field(default=0, init=False)  # rows this process trained on, all passes
+    # this process's rows × world_size / the batch's rows: 1 unless the batch splits unevenly
+    grad_scale: float = field(default=1.0, init=False)
 
     def passes(self, part: int = 0) -> Iterator[tuple[SparseRows, torch.Generator]]:
         """Pass ``part`` over every training user: batches of rows with the generator that draws
-        their training noise (dropout, reparameterization), both derived from the seed, the
-        epoch and ``part``."""
-        n_users = self.train.shape[0]
-        order_rng, torch_seed = epoch_seeds(self.seed, self.number, part)
+        their training noise (dropout, reparameterization, negatives), both derived from the
+        seed, the epoch and ``part`` (and the rank). Distributed: this process's contiguous share
+        of each batch (shares differ by at most one row)."""
+        n_users, world = self.train.shape[0], self.world_size
+        order_rng, torch_seed = epoch_seeds(self.seed, self.number, part, self.rank)
         perm = order_rng.permutation(n_users)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(torch_seed)
-        batches = tqdm(
-            row_batches(n_users, self.batch_size),
-            total=-(-n_users // self.batch_size),
+        batches = list(row_batches(n_users, self.batch_size))
+        if len(batches) > 1 and batches[-1].stop - batches[-1].start < world:
+            # too few users left for one each: the previous batch takes them
+            batches[-2:] = [slice(batches[-2].start, batches[-1].stop)]
+        progress = tqdm(
+            batches,
             desc=f"epoch {self.number}" + (f".{part}" if part else ""),
             unit="batch",
             leave=False,  # cleared when the epoch ends: the epoch's line is the callbacks' job
-            disable=None if self.show_progress else True,  # None: only on a terminal
+            # None: only on a terminal; one bar per run, rank 0's
+            disable=None if self.show_progress and self.rank == 0 else True,
         )
-        for sl in batches:
-            yield SparseRows.from_csr(self.train[perm[sl]], self.device), generator
+        for sl in progress:
+            n = sl.stop - sl.start
+            lo, hi = sl.start + n * self.rank // world, sl.start + n * (self.rank + 1) // world
+            self.grad_scale = world * (hi - lo) / n
+            self.rows_seen += hi - lo
+            x = (
+                self.on_device.rows(perm[lo:hi]) if self.on_device is not None
+                else SparseRows.from_csr(self.train[perm[lo:hi]], self.device)
+            )
+            yield x, generator
+
+    def loss(self, x: SparseRows, generator: torch.Generator, *args: Any, **kwargs: Any) -> Any:
+        """``net.loss(x, generator, *args, **kwargs)``, computed through the module that
+        ``DistributedDataParallel`` wraps when distributed, so that its backward all-reduces the
+        gradients: steps call this rather than ``net.loss``.
+
+        The gradients of the returned batch means are scaled by :attr:`grad_scale`, so that
+        DDP's average over processes is the gradient of the mean over the whole batch even when
+        it splits unevenly (the values themselves are unchanged). The step's loss must be a
+        linear combination of the returned tensors, as ``nll + β·KL`` is.
+        """
+        if self.objective is None:
+            raise ValueError(f"epoch {self.number} has no objective: train() builds it")
+        out = self.objective(x, generator, *args, **kwargs)
+        if self.grad_scale == 1.0:
+            return out
+        if isinstance(out, torch.Tensor):
+            return _ScaleGrad.apply(out, self.grad_scale)
+        return type(out)(
+            _ScaleGrad.apply(t, self.grad_scale) if isinstance(t, torch.Tensor) else t for t in out
+        )
+
+
+class Objective(nn.Module):
+    """The training loss of ``net`` as a module's ``forward``: ``net.loss(x, generator, ...)``.
+
+    ``DistributedDataParallel`` all-reduces the gradients of what its module's ``forward``
+    returns; wrapping the network's ``loss`` this way leaves the networks' own ``forward``
+    (evaluation logits) untouched, works for any step, and keeps the network's state_dict keys.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: SparseRows, generator: torch.Generator, *args: Any, **kwargs: Any) -> Any:
+        return self.net.loss(x, generator, *args, **kwargs)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, t, scale):  # noqa: ANN001, ANN205
+        ctx.scale = scale
+        return t.view_as(t)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        return grad * ctx.scale, None
 
 
 class TrainingStep(Protocol):
@@ -170,7 +294,15 @@ class TrainingStep(Protocol):
     ``net`` is trained in place; ``optimizers`` are saved in checkpoints by name. ``run``
     trains one epoch, advancing ``state.steps`` by the gradient steps it took, and returns the
     epoch's ``train/...`` metrics (``train/loss`` must be among them: the loop stops on a
-    non-finite loss).
+    non-finite loss). It computes losses with ``epoch.loss(x, generator, ...)`` (which calls
+    ``net.loss`` through DDP when distributed), never ``net.loss`` directly, and builds its
+    optimizers with :class:`MixedAdam` where row-sparse gradients may occur.
+
+    A step may set ``find_unused_parameters = False`` when every parameter that requires a
+    gradient receives one in every batch (DDP then skips its search for unused ones); the
+    default, True, is safe for steps that freeze parts of the network in some passes. A step
+    that calls its network directly sets ``data_parallel = False``: the loop refuses to run it
+    in a process group.
     """
 
     net: torch.nn.Module
@@ -195,18 +327,12 @@ class ElboStep:
         self.net = net
         self.anneal_cap, self.total_anneal_steps, self.l2 = anneal_cap, total_anneal_steps, l2
         self.weights = [p for p in net.parameters() if p.ndim >= 2]
-        biases = [p for p in net.parameters() if p.ndim < 2]
-        # λ·Σ‖W‖² has gradient 2λ·W, which is exactly what Adam's (coupled, non-decoupled)
-        # weight_decay adds to the gradient: weight_decay = 2λ on the weight matrices only.
-        self.optimizer = torch.optim.Adam(
-            [{"params": self.weights, "weight_decay": 2.0 * l2},
-             {"params": biases, "weight_decay": 0.0}],
-            lr=lr,
-            **adam_impl(next(net.parameters()).device),
-        )
+        self.optimizer = MixedAdam(net.parameters(), lr=lr, l2=l2, sparse=row_sparse_parameters(net))
+
+    find_unused_parameters = False  # every parameter has a gradient in every batch
 
     def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
-        return {"adam": self.optimizer}
+        return self.optimizer.optimizers("adam")
 
     def beta(self, step: int) -> float:
         return kl_weight(step, self.anneal_cap, self.total_anneal_steps)
@@ -217,9 +343,9 @@ class ElboStep:
         n = 0
         for x, generator in epoch.passes():
             b = self.beta(state.steps)
-            nll, kl = self.net.loss(x, generator)
+            nll, kl = epoch.loss(x, generator)
             loss = nll + b * kl if b else nll
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             state.steps += 1
@@ -267,7 +393,13 @@ class RecVAEStep:
     Metrics: ``train/loss``, ``train/nll``, ``train/kl`` and ``train/beta`` are means over the
     users of the encoder passes (β and KL are per user, so loss ≠ nll + beta·kl in general);
     ``train/decoder_loss`` is the decoder passes' mean nll.
+
+    One process only (``data_parallel = False``): the halves' losses are not computed through
+    :meth:`Epoch.loss`, so DDP would not all-reduce them, and each pass would need its own
+    wrapper around a half.
     """
+
+    data_parallel = False
 
     def __init__(
         self, net: RecVAEWithPrior, *, lr: float = 5e-4, gamma: float | None = 0.005,
@@ -335,6 +467,105 @@ class RecVAEStep:
         }
 
 
+class LazyAdam(torch.optim.Optimizer):
+    """Adam for row-sparse gradients (coalesced sparse COO, one index per touched row): the
+    moments and the weights of the touched rows are updated; the other rows, and their moments,
+    are left as they are (TF's LazyAdam, ``torch.optim.SparseAdam``'s rule).
+
+    Written here rather than using ``torch.optim.SparseAdam`` because that one costs O(n_items)
+    per step on CPU (its ``sparse_mask`` and dense-plus-sparse ``add_`` swept the whole 10^6 × 64
+    moments: ~1 s per step, against ~0.1 s for these gathers and scatters of the touched rows;
+    /tmp profile, 1 thread). ``weight_decay`` adds ``weight_decay · W`` of the touched rows to
+    their gradient (coupled L2, as Adam's).
+    """
+
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - the Optimizer signature
+        for group in self.param_groups:
+            (b1, b2), lr, eps, decay = group["betas"], group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows, g = p.grad._indices()[0], p.grad._values()
+                # The layers' gradients hold each row once, in order, but autograd drops the
+                # coalesced flag: check it in O(rows) rather than sort again.
+                if not (p.grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):
+                    grad = p.grad.coalesce()
+                    rows, g = grad.indices()[0], grad.values()
+                if decay:
+                    g = g + decay * p.index_select(0, rows)
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                denom = v.sqrt_().div_(math.sqrt(1 - b2**t)).add_(eps)
+                p.index_add_(0, rows, m.div_(denom), alpha=-lr / (1 - b1**t))
+
+
+class MixedAdam:
+    """Adam with a coupled L2 penalty: torch's (fused) Adam on dense gradients, and
+    :class:`LazyAdam` on the parameters in ``sparse``, whose gradients are row-sparse.
+
+    ``l2`` is the λ of a penalty λ·Σ‖W‖² on the weight matrices (not the biases): its gradient
+    2λ·W is what Adam's coupled ``weight_decay`` adds. Large catalogues (``softmax: sampled``)
+    give the item-indexed matrices sparse gradients: dense Adam would read and write all
+    n_items rows of the weights, the gradient and both moments on every step, whatever the batch
+    touched, which at 10^6 items costs more than the step itself. Lazy Adam updates the touched
+    rows only (the untouched rows' moments do not decay), and the L2 penalty applies to them.
+
+    Example::
+
+        opt = MixedAdam(net.parameters(), lr=1e-3, l2=0.0, sparse=row_sparse_parameters(net))
+        opt.zero_grad(); loss.backward(); opt.step()
+    """
+
+    def __init__(
+        self, params: Iterable[nn.Parameter], *, lr: float, l2: float = 0.0,
+        sparse: Iterable[nn.Parameter] = (),
+    ) -> None:
+        params = list(params)
+        sparse_ids = {id(p) for p in sparse}
+        dense = [p for p in params if id(p) not in sparse_ids]
+        lazy = [p for p in params if id(p) in sparse_ids]
+        self.dense = torch.optim.Adam(
+            [{"params": [p for p in dense if p.ndim >= 2], "weight_decay": 2.0 * l2},
+             {"params": [p for p in dense if p.ndim < 2], "weight_decay": 0.0}],
+            lr=lr,
+            **adam_impl(params[0].device),
+        )
+        groups = [{"params": [p for p in lazy if p.ndim >= 2], "weight_decay": 2.0 * l2},
+                  {"params": [p for p in lazy if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        self.lazy = LazyAdam(groups, lr=lr) if groups else None
+
+    def optimizers(self, name: str) -> dict[str, torch.optim.Optimizer]:
+        """The torch optimizers by name, for checkpoints: ``name`` and ``name.sparse``."""
+        return {name: self.dense} | ({f"{name}.sparse": self.lazy} if self.lazy else {})
+
+    def zero_grad(self) -> None:
+        self.dense.zero_grad(set_to_none=True)
+        if self.lazy is not None:
+            self.lazy.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.lazy is not None:
+            self.lazy.step()
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -349,6 +580,7 @@ class TrainConfig:
     patience: int | None = None  # epochs without a better validation NDCG@100 before stopping
     eval_batch_size: int = 2000
     show_progress: bool = False
+    precision: str = "fp32"  # fp32 | tf32 | bf16: see precision_scope
 
 
 @dataclass
@@ -399,12 +631,25 @@ def train(
     atomically after each epoch, and ``checkpoint.resume`` continues from it (starting afresh
     when there is none). Raises RecvaeError when the loss becomes NaN/inf; the previous
     checkpoint is left as it was.
+
+    In a process group (torchrun) every process calls this with the same arguments: the
+    gradients are all-reduced, the ``train/...`` metrics averaged over all training rows and the
+    validation metrics computed over all validation users, so every process reports the same
+    numbers and takes the same best-epoch and stopping decisions (rank 0's, broadcast); only
+    rank 0 writes the checkpoint and calls ``callbacks``. Every process reads the checkpoint
+    when resuming.
     """
     config = config or TrainConfig()
     n_users, n_items = train_rows.shape
     if n_users == 0 or train_rows.nnz == 0:
         raise RecvaeError(
             f"{name}: the training matrix is empty ({n_users} users, {train_rows.nnz} interactions)"
+        )
+    rank, world_size = distributed.world()
+    if config.batch_size < world_size:
+        raise RecvaeError(
+            f"{name}: batch_size {config.batch_size} is the global batch, split among "
+            f"{world_size} processes; it must be at least {world_size}"
         )
     train_rows = train_rows.tocsr()
     device = torch.device(config.device)
@@ -414,13 +659,16 @@ def train(
     state = TrainState()
     saved_epoch: int | None = None  # the epoch of this run's last checkpoint
     if checkpoint is not None:
+        world = {"world_size": world_size} if world_size > 1 else {}
         checkpoint = Checkpointing(
             checkpoint.directory, checkpoint.resume,
-            dict(checkpoint.fingerprint, n_items=n_items, n_train_users=n_users),
+            dict(checkpoint.fingerprint, n_items=n_items, n_train_users=n_users, **world),
         )
         if checkpoint.resume and checkpoint.path.is_file():
             state = _restore(checkpoint, step, device, name)
             saved_epoch = state.epoch
+    objective = _objective(step, world_size, name)
+    on_device = DeviceCsr(train_rows, device) if device.type == "cuda" else None
 
     epochs = config.epochs
     start = epochs + 1 if state.stopped_early else state.epoch + 1
@@ -429,10 +677,16 @@ def train(
     for number in range(start, epochs + 1):
         t0 = time.perf_counter()
         epoch = Epoch(
-            train_rows, number, config.seed, config.batch_size, device, config.show_progress
+            train_rows, number, config.seed, config.batch_size, device, config.show_progress,
+            rank=rank, world_size=world_size, objective=objective, on_device=on_device,
         )
-        with reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
+        with (
+            reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext(),
+            precision_scope(config.precision, device),
+        ):
             metrics = step.run(epoch, state)
+        if world_size > 1:
+            metrics = _mean_over_processes(metrics, epoch.rows_seen)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         loss = metrics["train/loss"]
         if not math.isfinite(loss):
@@ -445,16 +699,19 @@ def train(
                 f"{name}: training diverged at epoch {number} (loss {loss}); {kept}; try a lower lr"
             )
 
-        is_best = True
         if validate:
             assert validation is not None
             t1 = time.perf_counter()
             scores = validation_metrics(net, validation, device, config.eval_batch_size)
             metrics.update({f"val/{k}": v for k, v in scores.items()})
             metrics["val_seconds"] = time.perf_counter() - t1
-            is_best = scores[SELECTION_METRIC] > state.best_score
+        # Every process decides on rank 0's numbers: the same best epoch, the same stop.
+        metrics = distributed.broadcast(metrics)
+        is_best = True
+        if validate:
+            is_best = metrics[f"val/{SELECTION_METRIC}"] > state.best_score
             if is_best:
-                state.best_score = scores[SELECTION_METRIC]
+                state.best_score = metrics[f"val/{SELECTION_METRIC}"]
                 state.bad_epochs = 0
             else:
                 state.bad_epochs += 1
@@ -468,13 +725,17 @@ def train(
             and number < epochs
         )
         if checkpoint is not None:
-            _save(checkpoint, step, state)
+            if rank == 0:
+                _save(checkpoint, step, state)
             saved_epoch = number
-        report = EpochReport(epoch=number, metrics=metrics, is_best=is_best)
-        for callback in callbacks:
-            callback(report)
+        if rank == 0:
+            report = EpochReport(epoch=number, metrics=metrics, is_best=is_best)
+            for callback in callbacks:
+                callback(report)
         if state.stopped_early:
             break
+    if world_size > 1:  # rank 0's last checkpoint is complete before any process reads it again
+        distributed.barrier()
 
     if state.best_weights is not None:
         net.load_state_dict(state.best_weights)
@@ -486,13 +747,70 @@ def train(
 def validation_metrics(
     net: torch.nn.Module, part: Part, device: torch.device, batch_size: int
 ) -> dict[str, float]:
-    """Validation metrics (:data:`VALIDATION_METRICS`) of ``net`` on ``part``, in eval mode."""
+    """Validation metrics (:data:`VALIDATION_METRICS`) of ``net`` on ``part``, in eval mode.
+
+    Distributed, each process scores its share of the users with targets and the per-user
+    sums are all-reduced: the same means as one process computes (up to the order of the sums).
+    Batches are capped at :data:`SCORE_BUDGET` scores, so a catalogue of 10^6 items scores 64
+    users at a time instead of allocating ``batch_size`` × n_items.
+    """
     net.eval()
-    result = evaluate(
-        lambda m: net(SparseRows.from_csr(m, device)), part, ks=(20, 50, 100),
-        batch_size=batch_size, inplace=True,
+    batch_size = max(1, min(batch_size, SCORE_BUDGET // part.fold_in.shape[1]))
+    rank, world_size = distributed.world()
+
+    def run(p: Part) -> tuple[dict[str, float], int]:
+        result = evaluate(
+            lambda m: net(SparseRows.from_csr(m, device)), p, ks=(20, 50, 100),
+            batch_size=batch_size, inplace=True,
+        )
+        return result.means, result.n_users
+
+    if world_size == 1:
+        return {k: v for k, v in run(part)[0].items() if k in VALIDATION_METRICS}
+    holdout = part.holdout.tocsr(copy=True)
+    holdout.eliminate_zeros()  # explicit zeros are no targets (as in evaluate)
+    mine = np.array_split(np.flatnonzero(np.diff(holdout.indptr)), world_size)[rank]
+    sums = torch.zeros(len(VALIDATION_METRICS) + 1, dtype=torch.float64)
+    if len(mine):
+        means, n = run(Part(part.fold_in[mine], holdout[mine], np.asarray(part.users)[mine]))
+        sums[:-1] = torch.tensor([means[k] * n for k in VALIDATION_METRICS], dtype=torch.float64)
+        sums[-1] = n
+    distributed.all_reduce_sum(sums)
+    return {k: float(v) for k, v in zip(VALIDATION_METRICS, (sums[:-1] / sums[-1]).tolist(), strict=True)}
+
+
+def _objective(step: TrainingStep, world_size: int, name: str = "model") -> nn.Module:
+    """The loss module steps call through :meth:`Epoch.loss`: DDP-wrapped when distributed.
+
+    A step with ``data_parallel = False`` (one that computes its losses without
+    :meth:`Epoch.loss`, whose gradients DDP would never all-reduce) is refused in a process group.
+    """
+    objective = Objective(step.net)
+    if world_size == 1:
+        return objective
+    if not getattr(step, "data_parallel", True):
+        raise RecvaeError(
+            f"{name}: {type(step).__name__} trains in one process only (nproc 1), not in a "
+            f"process group of {world_size}"
+        )
+    if row_sparse_parameters(step.net):
+        # DDP's reducer expects dense gradients outside nn.Embedding, and NCCL has no sparse
+        # all-reduce: distributed training keeps the item matrices' gradients dense.
+        raise ValueError("row-sparse gradients cannot be all-reduced by DDP; use dense ones")
+    return DistributedDataParallel(
+        objective,
+        device_ids=None,  # the module and every input already live on this process's device
+        find_unused_parameters=getattr(step, "find_unused_parameters", True),
+        gradient_as_bucket_view=True,
     )
-    return {k: result.means[k] for k in VALIDATION_METRICS}
+
+
+def _mean_over_processes(metrics: dict[str, float], rows: int) -> dict[str, float]:
+    """Per-process means of an epoch (over ``rows`` training rows each) → the mean over all rows."""
+    keys = sorted(metrics)
+    t = torch.tensor([metrics[k] * rows for k in keys] + [rows], dtype=torch.float64)
+    distributed.all_reduce_sum(t)
+    return {k: float(v) for k, v in zip(keys, (t[:-1] / t[-1]).tolist(), strict=True)}
 
 
 # --------------------------------------------------------------------------- internals

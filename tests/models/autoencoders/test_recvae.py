@@ -29,7 +29,9 @@ from recvae.models.autoencoders.training import (
     CHECKPOINT_FILE,
     Epoch,
     RecVAEStep,
+    TrainConfig,
     TrainState,
+    train,
 )
 from recvae.models.base import EpochReport
 from tests.helpers import random_csr
@@ -360,12 +362,27 @@ def test_fit_score_save_load(dataset: Dataset, tmp_path) -> None:
         ({"prior_weights": "abc"}, "prior_weights"),
         ({"lr": 0.0}, "lr"),
         ({"epochs": 0}, "epochs"),
+        ({"softmax": "sampled"}, "softmax must be 'full'"),
     ],
 )
 def test_invalid_hyper_parameters_raise_one_line_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(RecvaeError, match=match) as info:
         small(**kwargs)
     assert "\n" not in str(info.value) and str(info.value).startswith("recvae: ")
+
+
+def test_recvae_refuses_data_parallel_training(dataset: Dataset, monkeypatch) -> None:
+    """RecVAE's halves are trained outside the loop's DDP-wrapped loss: in a process group the
+    model refuses to be built, and the loop refuses its step (nothing would be all-reduced)."""
+    from recvae import distributed
+
+    assert RecVAE.trains_distributed is False
+    step = small()._build_step(small()._new_net(N_ITEMS), 90)
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    with pytest.raises(RecvaeError, match=r"^recvae: trains in one process only.*2 processes"):
+        small()
+    with pytest.raises(RecvaeError, match=r"^recvae: RecVAEStep trains in one process only"):
+        train(step, dataset.train, dataset.validation, TrainConfig(epochs=1, batch_size=32), name="recvae")
 
 
 # --------------------------------------------------------------------------- through the CLI
