@@ -33,7 +33,9 @@ pytestmark = pytest.mark.slow
 def bash_blocks(text: str) -> list[list[str]]:
     """The command lines of each fenced ``bash`` block (comment-only and blank lines dropped)."""
     blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
-    return [[ln for ln in b.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    # a line ending in a backslash continues on the next, as in a shell
+    return [[ln for ln in re.sub(r"\\\n\s*", "", b).splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
             for b in blocks]
 
 
