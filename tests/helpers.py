@@ -80,3 +80,31 @@ def tiny_dataset():  # noqa: ANN201 - recvae.data.dataset.Dataset (imported lazi
         item_ids=TINY_ITEM_IDS,
         manifest={"name": "tiny", "protocol": "strong", "key": "tiny-strong-0123abcd"},
     )
+
+
+def random_dataset(  # noqa: ANN201 - recvae.data.dataset.Dataset (imported lazily)
+    n_train: int, n_heldout: int, n_items: int, *, density: float = 0.15,
+    holdout_density: float = 0.08, seed: int = 0, string_ids: bool = True,
+):
+    """A strong-generalization Dataset of random binary rows: ``n_train`` training users, then
+    ``n_heldout`` validation and ``n_heldout`` test users (fold-in at ``density``, held-out
+    targets at ``holdout_density``), reproducible from ``seed``; item ids ``i0, i1, …`` or
+    ``0, 1, …``."""
+    from recvae.data.dataset import Dataset, Part
+
+    parts = [
+        Part(
+            fold_in=random_csr(n_heldout, n_items, density, seed + 1 + k),
+            holdout=random_csr(n_heldout, n_items, holdout_density, seed + 3 + k),
+            users=np.arange(n_train + n_heldout * k, n_train + n_heldout * (k + 1)),
+        )
+        for k in range(2)
+    ]
+    return Dataset(
+        train=random_csr(n_train, n_items, density, seed),
+        train_users=np.arange(n_train),
+        validation=parts[0],
+        test=parts[1],
+        user_ids=np.arange(n_train + 2 * n_heldout),
+        item_ids=np.array([f"i{j}" for j in range(n_items)]) if string_ids else np.arange(n_items),
+    )

@@ -8,12 +8,9 @@ import json
 import os
 import pickle
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +25,7 @@ from recvae.models.autoencoders.models import MultVAE
 from recvae.models.ease import EASE
 from recvae.tracking import Tracker
 from tests.helpers import TINY_ITEM_IDS, tiny_dataset
+from tests.servers import free_port, stop, wait_for
 
 HISTORY = pd.DataFrame({
     "user_id": ["u1", "u1", "u1", "u2", "u2"],
@@ -101,10 +99,6 @@ def test_logged_model_holds_no_pickle_and_predicts(
         assert not seen & set(zip(out.user_id, out.item_id, strict=True))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -122,17 +116,7 @@ def test_serve_returns_k_rows_per_user(logged: dict, tmp_path: Path) -> None:
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not serving after 90 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
+        wait_for(f"{url}/ping", proc, log, limit=90)
         body = {"dataframe_split": HISTORY.to_dict(orient="split", index=False), "params": {"k": 5}}
         request = urllib.request.Request(
             f"{url}/invocations", data=json.dumps(body).encode(),
@@ -143,10 +127,4 @@ def test_serve_returns_k_rows_per_user(logged: dict, tmp_path: Path) -> None:
         assert rows.groupby("user_id").size().to_dict() == {"u1": 5, "u2": 5}
         assert sorted(rows["rank"].unique().tolist()) == [1, 2, 3, 4, 5]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop(proc)

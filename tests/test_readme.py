@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = ("python3 -m venv .venv", ".venv/bin/pip install ", "bash .ci/run")
@@ -44,34 +44,10 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(url: str, proc: subprocess.Popen, log: Path, limit: float = 60.0) -> float:
-    """Seconds until ``url`` answers 200; fails when the server exits or stays silent."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} silent after {limit:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_readme_setup_steps_are_what_ci_runs() -> None:

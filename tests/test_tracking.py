@@ -36,6 +36,7 @@ from recvae.tracking import (
     resolve_tracking_uri,
 )
 from tests.helpers import TINY_ITEM_IDS, TINY_ITEMS, tiny_dataset
+from tests.servers import free_port
 
 N_ITEMS = TINY_ITEMS
 ITEM_IDS = TINY_ITEM_IDS
@@ -219,10 +220,6 @@ def test_pyfunc_round_trip(logged: dict) -> None:
     assert len(versions) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_server_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import free_port, stop, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 METRIC = "test/ndcg_at_100"
@@ -73,35 +71,10 @@ def build_store(db: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow server not up after {limit:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its workers (its own process group, started by this test)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +108,11 @@ def served_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             )
         url = f"http://127.0.0.1:{port}"
         info = build_store(db, tmp_path)  # while the server boots (~20 s): it only reads at start-up
-        wait_until_up(url, proc, log)
+        wait_for(f"{url}/health", proc, log)
         yield url, info
     finally:
         if proc is not None:
-            stop(proc)
+            stop(proc, timeout=10)
         shutil.rmtree(store_dir, ignore_errors=True)
 
 

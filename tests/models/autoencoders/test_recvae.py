@@ -13,7 +13,7 @@ import torch
 from torch import distributions as D
 
 from recvae import cli
-from recvae.data.dataset import Dataset, Part
+from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.io import load_arrays
 from recvae.models import load_model, model_class
@@ -34,7 +34,7 @@ from recvae.models.autoencoders.training import (
     train,
 )
 from recvae.models.base import EpochReport
-from tests.helpers import random_csr
+from tests.helpers import random_csr, random_dataset
 
 N_ITEMS = 40
 REPO = Path(__file__).resolve().parents[3]
@@ -42,23 +42,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    n_train = 90
-    parts = [
-        Part(
-            random_csr(20, N_ITEMS, 0.2, 1 + k),
-            random_csr(20, N_ITEMS, 0.1, 3 + k),
-            np.arange(n_train + 20 * k, n_train + 20 * (k + 1)),
-        )
-        for k in range(2)
-    ]
-    return Dataset(
-        random_csr(n_train, N_ITEMS, 0.2, 0),
-        np.arange(n_train),
-        parts[0],
-        parts[1],
-        np.arange(n_train + 40),
-        np.array([f"i{j}" for j in range(N_ITEMS)]),
-    )
+    return random_dataset(90, 20, N_ITEMS, density=0.2, holdout_density=0.1)
 
 
 def small(**kw) -> RecVAE:

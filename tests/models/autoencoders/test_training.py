@@ -18,30 +18,14 @@ from recvae.models.autoencoders.models import MultDAE, MultVAE
 from recvae.models.autoencoders.nets import VAE, SparseRows
 from recvae.models.autoencoders.training import CHECKPOINT_FILE, epoch_seeds, kl_weight
 from recvae.models.base import EpochReport
-from tests.helpers import random_csr
+from tests.helpers import random_dataset
 
 N_ITEMS = 50
 
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    n_train = 100
-    parts = [
-        Part(
-            random_csr(25, N_ITEMS, 0.15, 1 + k),
-            random_csr(25, N_ITEMS, 0.08, 3 + k),
-            np.arange(n_train + 25 * k, n_train + 25 * (k + 1)),
-        )
-        for k in range(2)
-    ]
-    return Dataset(
-        random_csr(n_train, N_ITEMS, 0.15, 0),
-        np.arange(n_train),
-        parts[0],
-        parts[1],
-        np.arange(n_train + 50),
-        np.arange(N_ITEMS),
-    )
+    return random_dataset(100, 25, N_ITEMS, string_ids=False)
 
 
 def vae(**kw) -> MultVAE:

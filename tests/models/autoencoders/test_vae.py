@@ -10,35 +10,19 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from recvae.data.dataset import Dataset, Part
+from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.models import load_model, model_class
 from recvae.models.autoencoders.models import MultDAE, MultVAE, resolve_anneal_steps
 from recvae.models.autoencoders.nets import DAE, VAE, SparseLinear, SparseRows, init_weights
 from recvae.models.autoencoders.training import kl_weight
-from tests.helpers import random_csr
+from tests.helpers import random_csr, random_dataset
 
 N_ITEMS = 60
 
 
 def make_dataset(n_train: int = 120, n_items: int = N_ITEMS, seed: int = 0) -> Dataset:
-    train = random_csr(n_train, n_items, 0.15, seed)
-    parts = [
-        Part(
-            fold_in=random_csr(30, n_items, 0.15, seed + 1 + k),
-            holdout=random_csr(30, n_items, 0.08, seed + 3 + k),
-            users=np.arange(n_train + 30 * k, n_train + 30 * (k + 1)),
-        )
-        for k in range(2)
-    ]
-    return Dataset(
-        train=train,
-        train_users=np.arange(n_train),
-        validation=parts[0],
-        test=parts[1],
-        user_ids=np.arange(n_train + 60),
-        item_ids=np.array([f"i{j}" for j in range(n_items)]),
-    )
+    return random_dataset(n_train, 30, n_items, seed=seed)
 
 
 @pytest.fixture(scope="module")

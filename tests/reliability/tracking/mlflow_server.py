@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.servers import free_port, stop
 
 
 def fast_dir(fallback: Path) -> Path:
@@ -67,15 +62,8 @@ class MlflowServer:
 
     def stop(self) -> None:
         """SIGTERM to the server and its workers (its own process group); SIGKILL after 10 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen server must be able to exit
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop(self.proc, timeout=10)
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, nothing answers (a hung server)."""
