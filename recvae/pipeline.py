@@ -347,7 +347,8 @@ def _search(
         eval_batch_size=eval_batch_size, device=device, tracker=tracker, progress=print_epoch,
         show_progress=show_progress, resume=resume, keep_best=not refit,
     )
-    out.search, out.fit_seconds = found.summary(), found.wall_seconds
+    # the study's trial time, not this process's: a resumed search would otherwise show seconds
+    out.search, out.fit_seconds = found.summary(), found.counts.seconds
     out.refit_epochs = out.selected_epoch = found.best_epoch
     best_mc = replace(mc, params=found.params)
     if tracker is not None:
@@ -360,7 +361,8 @@ def _search(
                 on_epoch(EpochReport(epoch=epoch, metrics=values, is_best=epoch == found.best_epoch))
         s = found.summary()
         tracker.log_final({f"search/{k}": float(s[k]) for k in (
-            "complete", "pruned", "failed", "lost", "trials_here", "best_trial", "wall_seconds")})
+            "complete", "pruned", "failed", "lost", "trials_here", "best_trial", "wall_seconds",
+            "trial_seconds")})
     model = found.model
     if model is None and not refit:
         # the best trial ran in another process (a shared study): train it again here, with the

@@ -102,7 +102,8 @@ class SearchResult:
             "failed": self.counts.failed, "lost": self.counts.lost,
             "trials_here": self.trials_here, "best_trial": self.best_trial,
             "best_value": self.val_metrics.get(SELECTION_METRIC),
-            "wall_seconds": self.wall_seconds, "timed_out": self.timed_out,
+            "wall_seconds": self.wall_seconds, "trial_seconds": self.counts.seconds,
+            "timed_out": self.timed_out,
         }
 
 

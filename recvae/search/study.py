@@ -372,6 +372,9 @@ class Counts:
     failed: int = 0  # by their own fault
     lost: int = 0  # their process died
     running: int = 0
+    #: the finished trials' durations summed: the search's compute time over every process and
+    #: every resume (a resumed search's own wall time leaves out the trials run before)
+    seconds: float = 0.0
 
     @property
     def done(self) -> int:
@@ -392,4 +395,6 @@ def count_trials(study: optuna.Study) -> Counts:
                 c.lost += 1
         elif t.state == TrialState.RUNNING:
             c.running += 1
+        if t.duration is not None and t.state != TrialState.RUNNING:
+            c.seconds += t.duration.total_seconds()
     return c

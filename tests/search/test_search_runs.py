@@ -175,6 +175,12 @@ def test_resume_continues_a_study_and_a_plain_run_starts_afresh(
     assert "2/3 trials done" in out and "[ease trial 2]" in out and "[ease trial 1]" not in out
     study = _study(tmp_path, "ease")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    # the searched model's fit time is all three trials', not only the one run by this process
+    (ease,) = json.loads((tmp_path / "runs" / "results.json").read_text())["models"]
+    trial_seconds = sum(t.duration.total_seconds() for t in study.trials)
+    assert ease["fit_seconds"] == pytest.approx(trial_seconds)
+    assert ease["fit_seconds"] > study.trials[2].duration.total_seconds()
+    assert ease["search"]["trial_seconds"] == pytest.approx(trial_seconds)
     # the best trial's saved model is the final model: a finished search resumes to it
     best = json.loads((tmp_path / "runs" / "search" / "ease" / "best.json").read_text())
     assert best["trial"] == study.best_trial.number
