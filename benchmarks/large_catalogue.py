@@ -14,6 +14,12 @@ is reported with its estimate and not run, so the benchmark never thrashes a sha
     python benchmarks/large_catalogue.py --users 20000 --epochs 1            # a first, small run
     python benchmarks/large_catalogue.py --json benchmarks/results/large_catalogue.json
     python benchmarks/large_catalogue.py --items 100000 --interactions 2000000 --max-gb 8
+
+Generating 2·10^7 interactions takes minutes to tens of minutes; ``--data DIR`` reuses a dataset
+saved by an earlier run's generator, which ``--keep-data DIR`` keeps::
+
+    python benchmarks/large_catalogue.py --epochs 0 --keep-data runs/data/catalogue  # generate
+    python benchmarks/large_catalogue.py --data runs/data/catalogue --softmax sampled
 """
 
 from __future__ import annotations
@@ -111,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-gb", type=float, default=8.0, help="skip settings estimated above this")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
+    p.add_argument("--data", type=Path, help="a dataset saved by an earlier run (--keep-data)")
+    p.add_argument("--keep-data", type=Path, help="save the generated dataset here")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-params", help=argparse.SUPPRESS)
     p.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
@@ -133,30 +141,38 @@ def main(argv: list[str] | None = None) -> None:
         "negatives": args.negatives, "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="recvae-catalogue-") as tmp:
-        data = Path(tmp) / "data"
+        data = args.data or args.keep_data or Path(tmp) / "data"
         t = time.perf_counter()
-        gen = subprocess.run(
-            [sys.executable, __file__, "--generate", str(data), "--users", str(args.users),
-             "--heldout", str(args.heldout), "--items", str(args.items),
-             "--interactions", str(args.interactions)],
-            capture_output=True, text=True,
-        )
-        if gen.returncode:
-            raise SystemExit(f"data generation failed:\n{gen.stderr[-3000:]}")
+        if args.data is None:
+            gen = subprocess.run(
+                [sys.executable, __file__, "--generate", str(data), "--users", str(args.users),
+                 "--heldout", str(args.heldout), "--items", str(args.items),
+                 "--interactions", str(args.interactions)],
+                capture_output=True, text=True,
+            )
+            if gen.returncode:
+                raise SystemExit(f"data generation failed:\n{gen.stderr[-3000:]}")
         from recvae.data.dataset import Dataset
 
         train = Dataset.load(data).train
-        results["nnz"], results["generate_seconds"] = int(train.nnz), time.perf_counter() - t
+        results["nnz"] = int(train.nnz)
+        results["generate_seconds"] = None if args.data else time.perf_counter() - t
+        results["users"], results["items"] = train.shape
+        if args.epochs < 1:
+            print(f"{train.shape[0]:,} users × {train.shape[1]:,} items, {train.nnz:,} "
+                  f"interactions saved to {data}")
+            return
         per_batch = batch_items(train, args.batch_size, rng)
         results["batch_items_mean"] = per_batch
+        made = f"generated in {results['generate_seconds']:.0f}s" if args.data is None else data
         print(f"{train.shape[0]:,} users × {train.shape[1]:,} items, {train.nnz:,} interactions "
-              f"({results['generate_seconds']:.0f}s); {per_batch:,.0f} distinct items per batch "
-              f"of {args.batch_size}", flush=True)
+              f"({made}); {per_batch:,.0f} distinct items per batch of {args.batch_size}",
+              flush=True)
         del train
-        counts = model_params(args.model, args.items, hidden, args.latent)
+        counts = model_params(args.model, results["items"], hidden, args.latent)
         rows = []
         for softmax in [s for s in args.softmax.split(",") if s]:
-            est = memory_estimate(softmax, counts, args.items, args.batch_size, per_batch,
+            est = memory_estimate(softmax, counts, results["items"], args.batch_size, per_batch,
                                   args.negatives, results["nnz"])
             params = {"hidden_dims": hidden, "batch_size": args.batch_size, "softmax": softmax,
                       "negatives": args.negatives, "patience": None, "threads": args.threads,
