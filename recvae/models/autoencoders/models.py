@@ -422,10 +422,11 @@ class RecVAE(Autoencoder):
     set ``gamma=None`` and ``beta``. Each epoch trains the encoder for ``encoder_passes``
     passes over the users, then the decoder for ``decoder_passes``. ``epochs`` = 50 is the
     authors' ML-20M command (their README, and the WSDM notebook's ``range(50)``); ``lr`` and
-    ``batch_size`` are the paper's. Other fields as :class:`Autoencoder`, except that RecVAE
-    trains with the full softmax and in one process: ``softmax: sampled`` and data-parallel
-    training (torchrun, ``nproc`` > 1) are refused, since its alternating halves call the
-    network outside the loop's DDP-wrapped loss.
+    ``batch_size`` are the paper's. Other fields as :class:`Autoencoder` (``softmax: sampled``
+    included: both halves' likelihoods use it, and each half's Adam is lazy on its item
+    matrix), except that RecVAE trains in one process: data-parallel training (torchrun,
+    ``nproc`` > 1) is refused, since its alternating halves call the network outside the
+    loop's DDP-wrapped loss.
 
     Example::
 
@@ -463,11 +464,6 @@ class RecVAE(Autoencoder):
                 "set gamma: null"
             )
         self.prior_weights = check_weights(self, "prior_weights", len(PRIOR_WEIGHTS))
-        if self.softmax != "full":
-            raise RecvaeError(
-                f"{self.name}: softmax must be 'full', got {self.softmax!r} (the sampled softmax "
-                "is for Mult-VAE and Mult-DAE; RecVAE's decoder passes train the full one)"
-            )
         world_size = distributed.world()[1]
         if world_size > 1:
             raise RecvaeError(

@@ -609,8 +609,8 @@ class RecVAEWithPrior(nn.Module):
         """(−log p(x|z) as a batch mean, the KL per user) at one z ~ q(z|x̃), x̃ dropped out.
 
         The KL is the reference's Monte-Carlo estimate Σ_d [log q(z_d|x) − log p(z_d|x)] at the
-        sampled z (the mixture prior has no closed form). Draws the dropout mask, then ε, from
-        ``generator``.
+        sampled z (the mixture prior has no closed form). Draws the dropout mask, then ε (then
+        the sampled softmax's negatives, with ``softmax: sampled``) from ``generator``.
         """
         mu, logvar = self.net.encode(x, generator)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -619,7 +619,7 @@ class RecVAEWithPrior(nn.Module):
         # log_norm_pdf(z, μ, log σ²), whose terms through z and through μ, σ cancel exactly.
         log_q = -0.5 * (logvar + _LOG_2PI + eps.square())
         kl = (log_q - self.prior.log_prob(z, x)).sum(dim=1)
-        return self.net.decoder.nll(z, x), kl
+        return self.net.decoder.nll(z, x, generator), kl
 
     def decoder_nll(self, x: SparseRows, generator: torch.Generator) -> torch.Tensor:
         """−log p(x|z) as a batch mean at one z ~ q(z|x), without dropout (the decoder passes).
@@ -627,13 +627,13 @@ class RecVAEWithPrior(nn.Module):
         The encoder is frozen in these passes, so it runs without a graph, and the KL term is
         not computed at all: it does not depend on the decoder, so it has no gradient to give
         it (the reference computes it, and the old encoder's forward, and discards both).
-        Draws ε from ``generator``.
+        Draws ε (then any sampled-softmax negatives) from ``generator``.
         """
         with torch.no_grad():
             mu, logvar = self.net.encode(x)
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + eps * torch.exp(0.5 * logvar)
-        return self.net.decoder.nll(z, x)
+        return self.net.decoder.nll(z, x, generator)
 
 
 def init_fan_in_uniform(net: nn.Module, generator: torch.Generator) -> None:

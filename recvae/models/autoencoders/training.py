@@ -410,12 +410,12 @@ class RecVAEStep:
         self.net = net
         self.gamma, self.beta = gamma, beta
         self.encoder_passes, self.decoder_passes = encoder_passes, decoder_passes
-        impl = adam_impl(next(net.parameters()).device)
-        self.encoder_optimizer = torch.optim.Adam(net.net.encoder.parameters(), lr=lr, **impl)
-        self.decoder_optimizer = torch.optim.Adam(net.net.decoder.parameters(), lr=lr, **impl)
+        self.encoder_optimizer = _half_adam(net.net.encoder, lr)
+        self.decoder_optimizer = _half_adam(net.net.decoder, lr)
 
     def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
-        return {"encoder": self.encoder_optimizer, "decoder": self.decoder_optimizer}
+        return {**_named(self.encoder_optimizer, "encoder"),
+                **_named(self.decoder_optimizer, "decoder")}
 
     def kl_weights(self, x: SparseRows) -> torch.Tensor:
         """β_u per user of the batch: γ·|x_u|, or the fixed β."""
@@ -465,6 +465,19 @@ class RecVAEStep:
             "train/beta": beta_mean,
             "train/decoder_loss": float(dec) / max(n_dec, 1),
         }
+
+
+def _half_adam(half: nn.Module, lr: float) -> torch.optim.Adam | MixedAdam:
+    """One half's Adam, as the reference's; with the sampled softmax (row-sparse gradients on
+    the item matrices: the encoder's input layer, the decoder) lazy on those matrices."""
+    sparse = row_sparse_parameters(half)
+    if sparse:
+        return MixedAdam(half.parameters(), lr=lr, sparse=sparse)
+    return torch.optim.Adam(half.parameters(), lr=lr, **adam_impl(next(half.parameters()).device))
+
+
+def _named(optimizer: torch.optim.Adam | MixedAdam, name: str) -> dict[str, torch.optim.Optimizer]:
+    return optimizer.optimizers(name) if isinstance(optimizer, MixedAdam) else {name: optimizer}
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -555,10 +568,10 @@ class MixedAdam:
         """The torch optimizers by name, for checkpoints: ``name`` and ``name.sparse``."""
         return {name: self.dense} | ({f"{name}.sparse": self.lazy} if self.lazy else {})
 
-    def zero_grad(self) -> None:
-        self.dense.zero_grad(set_to_none=True)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
         if self.lazy is not None:
-            self.lazy.zero_grad(set_to_none=True)
+            self.lazy.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
         self.dense.step()

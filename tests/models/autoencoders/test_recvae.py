@@ -346,7 +346,7 @@ def test_fit_score_save_load(dataset: Dataset, tmp_path) -> None:
         ({"prior_weights": "abc"}, "prior_weights"),
         ({"lr": 0.0}, "lr"),
         ({"epochs": 0}, "epochs"),
-        ({"softmax": "sampled"}, "softmax must be 'full'"),
+        ({"softmax": "sampled", "negatives": 0}, "negatives"),
     ],
 )
 def test_invalid_hyper_parameters_raise_one_line_errors(kwargs: dict, match: str) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from recvae.errors import RecvaeError
 from recvae.models import load_model
-from recvae.models.autoencoders.models import MultDAE, MultVAE
+from recvae.models.autoencoders.models import MultDAE, MultVAE, RecVAE
 from recvae.models.autoencoders.nets import (
     VAE,
     MultinomialOutput,
@@ -173,6 +173,47 @@ def test_mult_dae_with_weight_decay_trains_sampled() -> None:
                     softmax="sampled", negatives=8).fit(make_dataset())
     assert math.isfinite(model.history_[-1]["train/loss"])
     assert model.history_[-1]["train/l2_penalty"] > 0
+
+
+def sampled_recvae(**kw) -> RecVAE:
+    args = dict(hidden_dim=16, encoder_layers=2, latent_dim=4, epochs=3, batch_size=32,
+                device="cpu", threads=1, softmax="sampled", negatives=16, lr=3e-3)
+    return RecVAE(**{**args, **kw})
+
+
+def test_recvae_trains_sampled_with_lazy_adam_per_half_and_resumes_exactly(tmp_path) -> None:
+    ds = make_dataset()
+    reference = sampled_recvae().fit(ds)
+    decoder_losses = [h["train/decoder_loss"] for h in reference.history_]
+    assert decoder_losses[-1] < decoder_losses[0]
+    sampled_recvae(epochs=2).fit(ds, checkpoint_dir=tmp_path / "ckpt")
+    ckpt = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
+    # each half's item matrix (the encoder's input layer, the decoder) has lazy Adam moments
+    assert set(ckpt["optimizers"]) == {"encoder", "encoder.sparse", "decoder", "decoder.sparse"}
+    resumed = sampled_recvae().fit(ds, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    for k, v in reference.net_.state_dict().items():
+        assert torch.equal(resumed.net_.state_dict()[k], v), k
+    with torch.no_grad():
+        exact = reference.net_(SparseRows.from_csr(ds.test.fold_in)).numpy()
+    np.testing.assert_array_equal(reference.score(ds.test.fold_in), exact)  # over all items
+
+
+def test_recvae_sampled_equals_full_when_every_batch_holds_every_item() -> None:
+    """One batch of all users, every item among their positives: every negative is dropped
+    and the batch's items are every item, so the sampled likelihood is the full one, lazy Adam
+    is Adam (every row touched), and the draws before the negatives (dropout, ε) are the same:
+    both train to the same weights, up to float rounding."""
+    ds = make_dataset()
+    assert (np.asarray(ds.train.sum(axis=0)).ravel() > 0).all()
+    args = dict(epochs=2, batch_size=ds.train.shape[0])
+    full = sampled_recvae(softmax="full", **args).fit(ds)
+    sampled = sampled_recvae(**args).fit(ds)
+    a, b = full.net_.state_dict(), sampled.net_.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert sampled.history_[-1]["train/decoder_loss"] == pytest.approx(
+        full.history_[-1]["train/decoder_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
