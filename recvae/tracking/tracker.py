@@ -710,8 +710,12 @@ class Tracker:
             reason = close_dead(record)
             if reason is None:
                 continue
+            if record.kind == "trial":  # a dead process's trial is not counted as done
+                then = "the trial does not count; --resume runs another in its place"
+            else:
+                then = "this --resume reopens it" if self.resume else "--resume would continue it"
             print(f"recvae: run {record.name} ({record.run_id or 'not in the store'}) was left "
-                  f"RUNNING: {reason}; marked KILLED", flush=True)
+                  f"RUNNING: {reason}; marked KILLED ({then})", flush=True)
             if record.run_id and record.meta.get("uri") == self.uri:
                 for op in [op for op in record.ops if op["seq"] > before]:
                     self.guard.call(f"close the run {record.name}",

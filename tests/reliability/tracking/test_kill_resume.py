@@ -54,7 +54,9 @@ def check_resumed(run: dict, before: dict) -> None:
     assert run["tags"]["recvae.resumes"] == "1"
 
 
-def test_kill_9_during_run_then_resume(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_9_during_run_then_resume(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yaml_path = pipeline_file(tmp_path, epochs=EPOCHS)
     argv = ["run", str(yaml_path), "--quiet", "--set", f"tracking.uri={store}"]
@@ -64,6 +66,8 @@ def test_kill_9_during_run_then_resume(tmp_path: Path, store: str, monkeypatch: 
     assert set(before) == {"quickstart", "mult-vae"}
 
     assert cli.main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out  # the dead runs are closed, then reopened: say so at once
+    assert "run mult-vae" in out and "marked KILLED (this --resume reopens it)" in out
     after = store_view(store)
     assert set(after) == {"quickstart", "mult-vae", "popularity"}  # one run per model, no more
     assert not [name for name, r in after.items() if r["status"] != "FINISHED"]
