@@ -31,6 +31,7 @@ Get the peer code (outside this repository), then run::
         --json benchmarks/results/recvae_peer.json
     python benchmarks/recvae_peer.py --datasets ml-latest-small --epochs 3   # a quick check
     python benchmarks/recvae_peer.py --datasets citeulike-a:20,gowalla:2      # name:epochs
+    python benchmarks/recvae_peer.py --datasets ml-latest-small:10 --seeds 1,2,3,4,5  # the spread
 """
 
 from __future__ import annotations
@@ -115,10 +116,13 @@ def import_peer(peer_dir: Path) -> ModuleType:
 class PeerTrainer:
     """The authors' training, as their ``run.py`` drives it, on CPU, one epoch per call."""
 
-    def __init__(self, peer: ModuleType, train: sp.csr_matrix, *, gamma: float = 0.005) -> None:
-        random.seed(PEER_SEED)
-        np.random.seed(PEER_SEED)
-        torch.manual_seed(PEER_SEED)
+    def __init__(
+        self, peer: ModuleType, train: sp.csr_matrix, *, gamma: float = 0.005,
+        seed: int = PEER_SEED,
+    ) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         self.train = train.astype(np.float32)
         self.gamma = gamma
         self.model = peer.VAE(hidden_dim=600, latent_dim=200, input_dim=train.shape[1])
@@ -218,17 +222,21 @@ def check_same_model(peer: ModuleType, n_items: int = 300) -> dict[str, float]:
 # --------------------------------------------------------------------------- the comparison
 
 
-def compare(name: str, ds: Dataset, peer: ModuleType, epochs: int, threads: int) -> dict:
-    """Alternate one epoch of recvae and one of the peer, ``epochs`` times."""
+def compare(
+    name: str, ds: Dataset, peer: ModuleType, epochs: int, threads: int, seed: int | None = None,
+) -> dict:
+    """Alternate one epoch of recvae and one of the peer, ``epochs`` times. ``seed`` seeds both
+    (the peer's global RNGs, recvae's ``seed``); None: each one's default (1337, 98765)."""
     torch.set_num_threads(threads)
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
-    trainer = PeerTrainer(peer, ds.train)
+    trainer = PeerTrainer(peer, ds.train, seed=PEER_SEED if seed is None else seed)
+    seeded = {} if seed is None else {"seed": seed}
     loads = []
     with tempfile.TemporaryDirectory(prefix="recvae-peer-") as ckpt:
         for e in range(1, epochs + 1):
             loads.append(os.getloadavg()[0])
-            model = RecVAE(epochs=e, device="cpu", threads=threads)
+            model = RecVAE(epochs=e, device="cpu", threads=threads, **seeded)
             model.fit(ds, checkpoint_dir=ckpt, resume=True)
             h = model.history_[-1]
             ours.append({"seconds": h["epoch_seconds"], "ndcg_at_100": h["val/ndcg_at_100"]})
@@ -251,6 +259,7 @@ def compare(name: str, ds: Dataset, peer: ModuleType, epochs: int, threads: int)
     theirs_s = statistics.median(r["seconds"] for r in theirs)
     return {
         "dataset": name,
+        "seed": seed,
         "users": ds.train.shape[0],
         "items": ds.train.shape[1],
         "nnz": int(ds.train.nnz),
@@ -274,9 +283,25 @@ def compare(name: str, ds: Dataset, peer: ModuleType, epochs: int, threads: int)
     }
 
 
+def seed_spread(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per dataset run with two seeds or more: mean and sample sd over the seeds of each side's
+    last-epoch validation NDCG@100 (is a gap between the two larger than a reseed?)."""
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        ours = [r["recvae_ndcg_at_100_last"] for r in rows if r["dataset"] == name]
+        theirs = [r["peer_ndcg_at_100_last"] for r in rows if r["dataset"] == name]
+        if len(ours) > 1:
+            out[name] = {
+                "seeds": len(ours),
+                "recvae_mean": statistics.mean(ours), "recvae_sd": statistics.stdev(ours),
+                "peer_mean": statistics.mean(theirs), "peer_sd": statistics.stdev(theirs),
+            }
+    return out
+
+
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'dataset':<16} {'users×items (nnz)':<26} {'ep':>3} {'recvae s/ep':>11} "
+        f"{'dataset':<16} {'seed':>5} {'users×items (nnz)':<26} {'ep':>3} {'recvae s/ep':>11} "
         f"{'peer s/ep':>9} {'speedup':>7}  {'val NDCG@100 last: recvae / peer (± se)':<40}"
     )
     lines = [head, "-" * len(head)]
@@ -286,8 +311,9 @@ def table(rows: list[dict]) -> str:
             f"{r['recvae_ndcg_at_100_last']:.4f} / {r['peer_ndcg_at_100_last']:.4f} "
             f"(± {r['ndcg_stderr']:.4f})"
         )
+        seed = "-" if r.get("seed") is None else r["seed"]
         lines.append(
-            f"{r['dataset']:<16} {shape:<26} {r['epochs']:>3} "
+            f"{r['dataset']:<16} {seed:>5} {shape:<26} {r['epochs']:>3} "
             f"{r['recvae_seconds_per_epoch']:11.2f} {r['peer_seconds_per_epoch']:9.2f} "
             f"{r['speedup']:6.2f}×  {ndcg:<40}"
         )
@@ -306,7 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=0.1, help="ml20m-like: fraction of ML-20M")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--seeds", default="",
+                   help="comma-separated seeds, each seeding both trainings (default: each "
+                        "one's own default seed, one run); several give the seed-to-seed spread")
     args = p.parse_args(argv)
+    seeds: list[int | None] = [int(x) for x in args.seeds.split(",") if x.strip()] or [None]
 
     peer = import_peer(args.peer_dir)
     commit = _peer_commit(args.peer_dir)
@@ -329,11 +359,19 @@ def main(argv: list[str] | None = None) -> None:
         except RecvaeError as e:  # a missing or unreadable data file: say which
             raise SystemExit(f"{name}: {e} (see --shared-data)") from None
         print(f"{name}: {ds.summary()}", flush=True)
-        results["runs"].append(
-            compare(name, ds, peer, int(epochs) if epochs else args.epochs, args.threads)
-        )
+        for seed in seeds:
+            results["runs"].append(
+                compare(name, ds, peer, int(epochs) if epochs else args.epochs, args.threads,
+                        seed)
+            )
+            write_json(str(args.json) if args.json else None, results)
+    results["seed_spread"] = seed_spread(results["runs"])
     print()
     print(table(results["runs"]))
+    for name, spread in results["seed_spread"].items():
+        print(f"{name}, {spread['seeds']} seeds, last-epoch validation NDCG@100 mean ± sd: recvae "
+              f"{spread['recvae_mean']:.4f} ± {spread['recvae_sd']:.4f}, peer "
+              f"{spread['peer_mean']:.4f} ± {spread['peer_sd']:.4f}")
     print(
         "s/ep: median seconds per training epoch (3 encoder passes + 1 decoder pass, validation "
         "excluded), the two trainings alternating epoch by epoch; speedup = peer / recvae."
