@@ -4,6 +4,7 @@ training, resume and exact scoring with it."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from recvae.errors import RecvaeError
 from recvae.models import load_model
-from recvae.models.autoencoders.models import MultDAE, MultVAE, RecVAE
+from recvae.models.autoencoders.models import Autoencoder, MultDAE, MultVAE, RecVAE
 from recvae.models.autoencoders.nets import (
     VAE,
     MultinomialOutput,
@@ -141,26 +142,6 @@ def sampled_vae(**kw) -> MultVAE:
     return MultVAE(**{**args, **kw})
 
 
-def test_trains_resumes_exactly_and_scores_every_item(tmp_path) -> None:
-    ds = make_dataset()
-    reference = sampled_vae().fit(ds)
-    losses = [h["train/loss"] for h in reference.history_]
-    assert losses[-1] < losses[0]
-    sampled_vae(epochs=2).fit(ds, checkpoint_dir=tmp_path / "ckpt")
-    ckpt = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
-    assert set(ckpt["optimizers"]) == {"adam", "adam.sparse"}  # lazy Adam's moments are saved
-    resumed = sampled_vae().fit(ds, checkpoint_dir=tmp_path / "ckpt", resume=True)
-    for k, v in reference.net_.state_dict().items():
-        assert torch.equal(resumed.net_.state_dict()[k], v), k
-    scores = reference.score(ds.test.fold_in)
-    with torch.no_grad():
-        exact = reference.net_(SparseRows.from_csr(ds.test.fold_in)).numpy()
-    assert scores.shape == (ds.test.fold_in.shape[0], ds.n_items)
-    np.testing.assert_array_equal(scores, exact)  # the full softmax's logits over all items
-    reference.save(tmp_path / "m")
-    np.testing.assert_array_equal(load_model(tmp_path / "m").score(ds.test.fold_in), scores)
-
-
 def test_a_full_softmax_checkpoint_does_not_resume_as_sampled(tmp_path) -> None:
     ds = make_dataset()
     sampled_vae(epochs=1, softmax="full").fit(ds, checkpoint_dir=tmp_path)
@@ -181,21 +162,31 @@ def sampled_recvae(**kw) -> RecVAE:
     return RecVAE(**{**args, **kw})
 
 
-def test_recvae_trains_sampled_with_lazy_adam_per_half_and_resumes_exactly(tmp_path) -> None:
+@pytest.mark.parametrize(("make", "loss_key", "optimizers"), [
+    (sampled_vae, "train/loss", {"adam", "adam.sparse"}),
+    # RecVAE: each half's item matrix (the encoder's input layer, the decoder) is lazy
+    (sampled_recvae, "train/decoder_loss", {"encoder", "encoder.sparse", "decoder", "decoder.sparse"}),
+], ids=["mult-vae", "recvae"])
+def test_trains_resumes_exactly_and_scores_every_item(
+    tmp_path, make: Callable[..., Autoencoder], loss_key: str, optimizers: set[str],
+) -> None:
     ds = make_dataset()
-    reference = sampled_recvae().fit(ds)
-    decoder_losses = [h["train/decoder_loss"] for h in reference.history_]
-    assert decoder_losses[-1] < decoder_losses[0]
-    sampled_recvae(epochs=2).fit(ds, checkpoint_dir=tmp_path / "ckpt")
+    reference = make().fit(ds)
+    losses = [h[loss_key] for h in reference.history_]
+    assert losses[-1] < losses[0]
+    make(epochs=2).fit(ds, checkpoint_dir=tmp_path / "ckpt")
     ckpt = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
-    # each half's item matrix (the encoder's input layer, the decoder) has lazy Adam moments
-    assert set(ckpt["optimizers"]) == {"encoder", "encoder.sparse", "decoder", "decoder.sparse"}
-    resumed = sampled_recvae().fit(ds, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert set(ckpt["optimizers"]) == optimizers  # lazy Adam's moments are saved
+    resumed = make().fit(ds, checkpoint_dir=tmp_path / "ckpt", resume=True)
     for k, v in reference.net_.state_dict().items():
         assert torch.equal(resumed.net_.state_dict()[k], v), k
+    scores = reference.score(ds.test.fold_in)
     with torch.no_grad():
         exact = reference.net_(SparseRows.from_csr(ds.test.fold_in)).numpy()
-    np.testing.assert_array_equal(reference.score(ds.test.fold_in), exact)  # over all items
+    assert scores.shape == (ds.test.fold_in.shape[0], ds.n_items)
+    np.testing.assert_array_equal(scores, exact)  # the full softmax's logits over all items
+    reference.save(tmp_path / "m")
+    np.testing.assert_array_equal(load_model(tmp_path / "m").score(ds.test.fold_in), scores)
 
 
 def test_recvae_sampled_equals_full_when_every_batch_holds_every_item() -> None:
