@@ -96,7 +96,8 @@ class Autoencoder(Recommender):
     ends in a ``MultinomialOutput``.
 
     ``precision``: ``fp32``, ``tf32`` (CUDA tensor cores for float32 products) or ``bf16``
-    (autocast) for the training steps; validation and scoring are float32.
+    (autocast) for the training steps; validation and scoring are float32. bf16 is for GPUs: on
+    CPUs, even with AMX, its casts cost more than its products save (README, "A GPU").
 
     Inside a torchrun job (``torch.distributed`` initialised, e.g. by ``recvae train`` under
     torchrun) ``fit`` trains data-parallel: ``batch_size`` stays the global batch, ``cuda``
