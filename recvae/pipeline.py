@@ -108,7 +108,8 @@ def _fit(model: Recommender, dataset: Dataset, label: str, callbacks: list[Callb
          show_progress: bool, checkpoint_dir: Path | None, resume: bool, *,
          strict_resume: bool = True) -> float:
     """``model.fit`` with checkpoints, printing one line per epoch (models that train in epochs)
-    or per fit; ``resume`` continues from a checkpoint. Returns the fit's seconds.
+    or per fit; ``resume`` continues from a checkpoint. Returns the fit's seconds: a resumed
+    fit's include those its checkpoint carried (the killed processes' share).
 
     ``strict_resume``: asking to resume a model that does not train in epochs is an error
     (``recvae train --resume``) rather than a plain fit (a resumed pipeline refits such models).
@@ -123,7 +124,7 @@ def _fit(model: Recommender, dataset: Dataset, label: str, callbacks: list[Callb
     seconds = time.perf_counter() - t0
     if summary is not None:
         print(summary.line(label, seconds), flush=True)
-    return seconds
+    return seconds + model.resumed_seconds_
 
 
 def _refit(
@@ -284,7 +285,8 @@ def train_and_evaluate(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
                 output_dir=output_dir, resume=resume, data_dir=data_dir,
             )
-            out.refit_seconds = time.perf_counter() - t1
+            # a resumed refit's seconds include those its checkpoint carried
+            out.refit_seconds = time.perf_counter() - t1 + model.resumed_seconds_
         else:
             out.refit_epochs = None
         assert model is not None

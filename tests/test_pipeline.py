@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from recvae import cli
 from recvae.config import load_config
+from recvae.models.autoencoders.training import CHECKPOINT_FILE
 from recvae.models.popularity import Popularity
 from recvae.pipeline import results_table, run_pipeline
 
@@ -113,6 +115,11 @@ def test_resumed_pipeline_continues_from_checkpoints(tmp_path: Path, capsys) -> 
     assert "[mult-dae] epoch" not in out  # all 3 epochs were in the checkpoint
     for a, b in zip(first, again, strict=True):
         assert a.metrics["test/ndcg_at_100"] == b.metrics["test/ndcg_at_100"], a.run_name
+    # the resumed fit trained nothing, yet reports the seconds its checkpoint carried
+    saved = torch.load(Path(cfg.output_dir) / "checkpoints" / "mult-dae" / CHECKPOINT_FILE,
+                       weights_only=True)["state"]
+    epochs_own = sum(h["epoch_seconds"] + h["val_seconds"] for h in saved["history"])
+    assert again[0].fit_seconds >= saved["seconds"] >= epochs_own > 0
 
 
 def raw_ratings() -> pd.DataFrame:

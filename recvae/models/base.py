@@ -72,6 +72,9 @@ class Recommender(ABC):
     #: Per-epoch metrics of the training that produced the model (``{"epoch": e, ...}``, the
     #: epochs restored from a checkpoint included); empty for models fitted in one go.
     history_: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
+    #: Wall seconds that earlier processes spent on this fit, carried by the checkpoint it
+    #: resumed from (0 for a fit from scratch): the whole fit took this plus the resumed call.
+    resumed_seconds_: float = field(default=0.0, init=False, repr=False)
 
     # -------------------------------------------------------------- contract
     @abstractmethod

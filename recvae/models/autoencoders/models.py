@@ -197,6 +197,7 @@ class Autoencoder(Recommender):
         self.item_ids_ = item_ids
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch
+        self.resumed_seconds_ = state.resumed_seconds
         return self
 
     def refit_params(self) -> dict[str, Any]:

@@ -608,6 +608,11 @@ class TrainState:
     bad_epochs: int = 0  # epochs since the best one
     stopped_early: bool = False
     best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's weights
+    #: wall seconds spent on this training up to the last completed epoch, by every process
+    #: that worked on it: a resumed run carries on from its checkpoint's count
+    seconds: float = 0.0
+    #: the part of ``seconds`` that the checkpoint this run resumed from carried (0 afresh)
+    resumed_seconds: float = 0.0
 
 
 @dataclass
@@ -652,6 +657,7 @@ def train(
     rank 0 writes the checkpoint and calls ``callbacks``. Every process reads the checkpoint
     when resuming.
     """
+    started = time.perf_counter()
     config = config or TrainConfig()
     n_users, n_items = train_rows.shape
     if n_users == 0 or train_rows.nnz == 0:
@@ -679,6 +685,7 @@ def train(
         )
         if checkpoint.resume and checkpoint.path.is_file():
             state = _restore(checkpoint, step, device, name)
+            state.resumed_seconds = state.seconds
             saved_epoch = state.epoch
     objective = _objective(step, world_size, name)
     on_device = DeviceCsr(train_rows, device) if device.type == "cuda" else None
@@ -733,6 +740,7 @@ def train(
             state.best_weights = _cpu_copy(net.state_dict()) if validate else None
         state.epoch = number
         state.history.append({"epoch": float(number), **metrics})
+        state.seconds = state.resumed_seconds + time.perf_counter() - started
         state.stopped_early = (
             validate and config.patience is not None and state.bad_epochs >= config.patience
             and number < epochs
@@ -753,6 +761,7 @@ def train(
     if state.best_weights is not None:
         net.load_state_dict(state.best_weights)
     net.eval()
+    state.seconds = state.resumed_seconds + time.perf_counter() - started
     return state
 
 
@@ -922,4 +931,9 @@ def _restore(
     step.net.load_state_dict(ckpt["net"])
     for key, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][key])
-    return TrainState(**ckpt["state"])
+    saved_state = dict(ckpt["state"])
+    if "seconds" not in saved_state:  # written before the count existed: the epochs' own times
+        saved_state["seconds"] = sum(
+            h.get("epoch_seconds", 0.0) + h.get("val_seconds", 0.0) for h in saved_state["history"]
+        )
+    return TrainState(**saved_state)

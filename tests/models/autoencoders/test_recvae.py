@@ -397,6 +397,11 @@ def test_pipeline_refit_resume_and_cli_train(tmp_path: Path, capsys) -> None:
     assert again.ok, again.error
     assert "[recvae] epoch" not in capsys.readouterr().out  # every epoch was in a checkpoint
     assert again.metrics["test/ndcg_at_100"] == first.metrics["test/ndcg_at_100"]
+    # the fit and the refit report the seconds their checkpoints carried, not the resume's
+    for name, seconds in (("recvae", again.fit_seconds), ("recvae.refit", again.refit_seconds)):
+        saved = torch.load(Path(cfg.output_dir) / "checkpoints" / name / CHECKPOINT_FILE,
+                           weights_only=True)["state"]
+        assert seconds >= saved["seconds"] >= sum(h["epoch_seconds"] for h in saved["history"]) > 0
 
     argv = [
         "train", "--data", str(tmp_path / "data"), "--model", "recvae", "--out",

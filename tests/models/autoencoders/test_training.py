@@ -203,12 +203,17 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     reference = factory(patience=3).fit(dataset)
     with pytest.raises(Crash):
         factory(patience=3).fit(dataset, checkpoint_dir=tmp_path, callbacks=[crash_at(2)])
-    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]["epoch"] == 2
+    killed = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]
+    assert killed["epoch"] == 2
+    # the killed process's seconds travel in the checkpoint: at least its epochs' own times
+    epochs_own = sum(h["epoch_seconds"] + h.get("val_seconds", 0.0) for h in killed["history"])
+    assert killed["seconds"] >= epochs_own > 0
     seen: list[int] = []
     resumed = factory(patience=3).fit(
         dataset, checkpoint_dir=tmp_path, resume=True, callbacks=[lambda r: seen.append(r.epoch)]
     )
     assert seen == [3, 4]
+    assert resumed.resumed_seconds_ == killed["seconds"] and reference.resumed_seconds_ == 0.0
     assert resumed.best_epoch_ == reference.best_epoch_
     assert without_timing(resumed.history_) == without_timing(reference.history_)
     assert_same_state(state(resumed), state(reference))
@@ -218,12 +223,26 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     )
     assert seen == [3, 4]
     assert_same_state(state(again), state(reference))
+    finished = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["state"]
+    assert again.resumed_seconds_ == finished["seconds"] > killed["seconds"]
 
 
 def test_resume_can_extend_the_number_of_epochs(dataset: Dataset, tmp_path) -> None:
     vae(epochs=2).fit(dataset, checkpoint_dir=tmp_path)
     extended = vae(epochs=3).fit(dataset, checkpoint_dir=tmp_path, resume=True)
     assert_same_state(state(extended), state(vae(epochs=3).fit(dataset)))
+
+
+def test_a_checkpoint_without_a_seconds_count_resumes_with_its_epochs_times(
+    dataset: Dataset, tmp_path
+) -> None:
+    vae(epochs=2).fit(dataset, checkpoint_dir=tmp_path)
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    del ckpt["state"]["seconds"], ckpt["state"]["resumed_seconds"]  # as recvae wrote it before
+    torch.save(ckpt, tmp_path / CHECKPOINT_FILE)
+    resumed = vae(epochs=2).fit(dataset, checkpoint_dir=tmp_path, resume=True)
+    own = sum(h["epoch_seconds"] + h["val_seconds"] for h in ckpt["state"]["history"])
+    assert resumed.resumed_seconds_ == pytest.approx(own) and own > 0
 
 
 def test_resume_without_a_checkpoint_starts_afresh(dataset: Dataset, tmp_path) -> None:
