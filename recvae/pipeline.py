@@ -130,10 +130,16 @@ def _fit(model: Recommender, dataset: Dataset, label: str, callbacks: list[Callb
 def _refit(
     overrides: dict[str, Any], mc: ModelConfig, dataset: Dataset, *, device: str | None,
     show_progress: bool, output_dir: Path, resume: bool, data_dir: Path | None = None,
+    best_trial: int | None = None,
 ) -> Recommender:
     """A fresh model of ``mc`` fitted on training + validation, with ``overrides``: the selected
     model's :meth:`~Recommender.refit_params` (for the autoencoders: exactly the selected number
-    of epochs, without early stopping, since there is no validation left to stop on)."""
+    of epochs, without early stopping, since there is no validation left to stop on).
+
+    ``best_trial``: the search trial whose params ``mc`` holds. Its refit checkpoints are its
+    own, so a resumed search whose best trial changed refits afresh instead of meeting the old
+    best's checkpoint.
+    """
     refit_mc = replace(mc, params={**mc.params, **overrides})
     fresh = build_model(refit_mc, device=device, where=f"model {mc.run_name!r} (refit)")
     epochs = overrides.get("epochs")
@@ -144,8 +150,9 @@ def _refit(
             refit_mc, data_dir, output_dir / "distributed" / f"{mc.run_name}.refit",
             device=device, resume=resume, refit=True, show_progress=show_progress,
         )
+    name = f"{mc.run_name}.refit" + (f".trial{best_trial}" if best_trial is not None else "")
     _fit(fresh, dataset.for_refit(), f"{mc.run_name} refit", [], show_progress,
-         output_dir / "checkpoints" / f"{mc.run_name}.refit", resume, strict_resume=False)
+         output_dir / "checkpoints" / name, resume, strict_resume=False)
     return fresh
 
 
@@ -284,6 +291,7 @@ def train_and_evaluate(
             model = _refit(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
                 output_dir=output_dir, resume=resume, data_dir=data_dir,
+                best_trial=out.search["best_trial"] if out.search is not None else None,
             )
             # a resumed refit's seconds include those its checkpoint carried
             out.refit_seconds = time.perf_counter() - t1 + model.resumed_seconds_

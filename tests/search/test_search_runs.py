@@ -161,6 +161,40 @@ def test_refit_uses_the_best_params_and_epoch_and_scores_test_once(
     assert outcome.metrics["val/ndcg_at_100"] == pytest.approx(best.value)
 
 
+def test_a_resumed_search_whose_best_trial_changed_refits_afresh(
+    tmp_path: Path, write_pipeline: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Resuming a finished search that gained a better trial (here: forced) must not meet the
+    old best's refit checkpoint, whose params differ; the same best resumes its own refit."""
+    block = {
+        "model": "mult-dae", "params": {"epochs": 2, "batch_size": 100, "lr": 0.01},
+        "search": {"dropout": {"low": 0.1, "high": 0.7}}, "trials": 2, "sampler": "random",
+        "pruner": "none",
+    }
+    argv = ["run", str(write_pipeline([block], refit=True)), "--no-track", "--quiet"]
+    assert cli.main(argv) == 0
+    first = _study(tmp_path, "mult-dae").best_trial
+    other = next(t for t in _study(tmp_path, "mult-dae").trials if t.number != first.number)
+    assert other.params["dropout"] != first.params["dropout"]
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(recvae.search.runner, "_best_trial", lambda *a: other)
+        assert cli.main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "[mult-dae refit] epoch   2" in out  # refitted afresh, with the new best's params
+    (model,) = json.loads((tmp_path / "runs" / "results.json").read_text())["models"]
+    assert model["search"]["best_trial"] == other.number
+    saved = json.loads((Path(model["model_dir"]) / "recvae_model.json").read_text())
+    assert saved["params"]["dropout"] == other.params["dropout"]
+    checkpoints = tmp_path / "runs" / "checkpoints"
+    assert {p.name for p in checkpoints.iterdir()} == {
+        f"mult-dae.refit.trial{first.number}", f"mult-dae.refit.trial{other.number}"}
+    # the original best again: its refit is in its checkpoint, no epoch is trained
+    assert cli.main([*argv, "--resume"]) == 0
+    assert "[mult-dae refit] epoch" not in capsys.readouterr().out
+
+
 def test_resume_continues_a_study_and_a_plain_run_starts_afresh(
     tmp_path: Path, write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str],
 ) -> None:
