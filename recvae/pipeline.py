@@ -131,10 +131,11 @@ def _refit(
     overrides: dict[str, Any], mc: ModelConfig, dataset: Dataset, *, device: str | None,
     show_progress: bool, output_dir: Path, resume: bool, data_dir: Path | None = None,
     best_trial: int | None = None,
-) -> Recommender:
+) -> tuple[Recommender, float]:
     """A fresh model of ``mc`` fitted on training + validation, with ``overrides``: the selected
     model's :meth:`~Recommender.refit_params` (for the autoencoders: exactly the selected number
-    of epochs, without early stopping, since there is no validation left to stop on).
+    of epochs, without early stopping, since there is no validation left to stop on), and the
+    refit's seconds (as :func:`_fit` counts them).
 
     ``best_trial``: the search trial whose params ``mc`` holds. Its refit checkpoints are its
     own, so a resumed search whose best trial changed refits afresh instead of meeting the old
@@ -146,14 +147,16 @@ def _refit(
     print(f"[{mc.run_name}] refit on training + validation"
           + (f" for {epochs} epochs" if epochs is not None else ""), flush=True)
     if mc.nproc > 1:
-        return fit_distributed(
+        t0 = time.perf_counter()
+        model = fit_distributed(
             refit_mc, data_dir, output_dir / "distributed" / f"{mc.run_name}.refit",
             device=device, resume=resume, refit=True, show_progress=show_progress,
         )
+        return model, time.perf_counter() - t0
     name = f"{mc.run_name}.refit" + (f".trial{best_trial}" if best_trial is not None else "")
-    _fit(fresh, dataset.for_refit(), f"{mc.run_name} refit", [], show_progress,
-         output_dir / "checkpoints" / name, resume, strict_resume=False)
-    return fresh
+    seconds = _fit(fresh, dataset.for_refit(), f"{mc.run_name} refit", [], show_progress,
+                   output_dir / "checkpoints" / name, resume, strict_resume=False)
+    return fresh, seconds
 
 
 def fit_distributed(
@@ -287,14 +290,11 @@ def train_and_evaluate(
         if refit:
             # drop the selected model first: EASE's weights alone are n_items² floats
             del model
-            t1 = time.perf_counter()
-            model = _refit(
+            model, out.refit_seconds = _refit(
                 overrides, mc, dataset, device=device, show_progress=show_progress,
                 output_dir=output_dir, resume=resume, data_dir=data_dir,
                 best_trial=out.search["best_trial"] if out.search is not None else None,
             )
-            # a resumed refit's seconds include those its checkpoint carried
-            out.refit_seconds = time.perf_counter() - t1 + model.resumed_seconds_
         else:
             out.refit_epochs = None
         assert model is not None
