@@ -103,7 +103,8 @@ if [ -f "$GOWALLA/train.txt" ]; then
 import dataclasses, json, sys, time
 import yaml
 from recvae.config import load_config
-from recvae.pipeline import results_table, run_pipeline
+from recvae.run.pipeline import run_pipeline
+from recvae.run.report import results_table
 
 path, work, device, epochs, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 raw = yaml.safe_load(open("pipelines/gowalla.yaml"))

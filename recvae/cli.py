@@ -116,7 +116,7 @@ def _print_json_or_table(obj: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, default=str))
     else:
-        from recvae.pipeline import format_summary
+        from recvae.run.report import format_summary
 
         print(format_summary(obj))
 
@@ -212,12 +212,16 @@ def _model_config(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recvae import distributed
-    from recvae.config import RecommendConfig, build_model
+    from recvae.config import build_model, cap_epochs
     from recvae.data.dataset import Dataset
-    from recvae.io import atomic_dir, remove_stale
-    from recvae.pipeline import results_table, train_and_evaluate
+    from recvae.io import remove_stale
+    from recvae.models.base import check_writable
+    from recvae.reporting import NullTracker
+    from recvae.run.context import Layout, RunContext
+    from recvae.run.model import ModelJob, run_model
+    from recvae.run.report import results_table
 
-    mc = _model_config(args)
+    mc = cap_epochs(_model_config(args), args.max_epochs)
     nproc = args.nproc if args.nproc is not None else 1
     if nproc > 1 or distributed.launched_by_torchrun():
         model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
@@ -229,11 +233,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _exec_torchrun(nproc, args.argv)
     distributed.init_from_env()
     main_process = distributed.is_main()
+    out = Path(args.out)
     if main_process:
-        remove_stale(args.out)  # what a killed `recvae train` left beside --out
+        remove_stale(out)  # what a killed `recvae train` left beside --out
+        check_writable(out, overwrite=args.overwrite)  # now, not after the training
     # checkpoints and the run's tracking record live here until the model is complete
-    work = Path(args.out).parent / f".{Path(args.out).name}.work"
-    tracker = None
+    work = out.parent / f".{out.name}.work"
+    tracker = NullTracker()
     if main_process and not args.no_track:
         from recvae.tracking import Tracker
 
@@ -242,47 +248,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = Dataset.load(args.data)
     if args.refit:
         dataset = dataset.for_refit()
-    if tracker is not None:
-        tracker.dataset, tracker.dataset_source = dataset, str(args.data)
+    tracker.use_dataset(dataset, str(args.data))
+    ctx = RunContext(Layout(work, model_out=out), tracker, args.device, tuple(args.k),
+                     show_progress=not args.quiet, resume=args.resume, data_dir=Path(args.data))
+    job = ModelJob(mc, logged={"data": {"dir": str(args.data), **_logged(dataset.manifest)}})
     try:
         if not main_process:  # the other processes only train, in step with rank 0
             model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
-            model.fit(dataset, checkpoint_dir=work / "checkpoints" / mc.run_name, resume=args.resume)
+            model.fit(dataset, checkpoint_dir=ctx.out.checkpoints(mc.run_name), resume=args.resume)
             return 0
-        outcome = train_and_evaluate(
-            mc, dataset, output_dir=work, device=args.device, ks=args.k, eval_batch_size=1000,
-            recommend=RecommendConfig(enabled=False), tracker=tracker, show_progress=not args.quiet,
-            resume=args.resume, config={"data": {"dir": str(args.data), **_logged(dataset.manifest)}},
-        )
-        # the model directory is complete: move it to --out (atomically replacing an old one)
-        with atomic_dir(args.out) as tmp:
-            shutil.rmtree(tmp)
-            shutil.copytree(outcome.model_dir, tmp)
+        outcome = run_model(job, dataset, ctx)
     except BaseException:
         # The work folder is kept while it holds a checkpoint for --resume, or a tracking record
         # that `recvae sync` must still send (rank 0 alone writes either).
-        if main_process and not _has_checkpoint(work / "checkpoints") and not (
-            tracker is not None and tracker.not_logged()
-        ):
+        if main_process and not _has_checkpoint(work / "checkpoints") and not tracker.not_logged():
             shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         distributed.shutdown()
     print(f"saved {args.out}")
     print(results_table([outcome], [f"test/{m}" for m in _table_metrics(args.k)]))
-    if tracker is not None and tracker.not_logged():
+    if tracker.not_logged():
         # the record (and the model it references) must outlive this process for `recvae sync`
         print(tracker.offline_summary(), file=sys.stderr)
     else:
         shutil.rmtree(work, ignore_errors=True)
-    if tracker is not None and outcome.run_id:
+    if outcome.run_id:
         print(f"\nMLflow run:   {outcome.run_id}   (store {tracker.uri})")
-        print(f"open it:      {_ui_hint(tracker.uri, outcome.experiment_id, outcome.run_id)}")
+        print(f"open it:      {_ui_hint(tracker.uri or '', outcome.experiment_id, outcome.run_id)}")
         if outcome.model_id:
             print(f"model:        models:/{outcome.model_id}   (mlflow models serve -m models:/"
                   f"{outcome.model_id} --env-manager local)")
         print(f"top-k files:  recvae recommend --run-id {outcome.run_id} --data {args.data} "
-              "--out recs.parquet")
+              "--out runs/recs.parquet")
     return 0
 
 
@@ -414,18 +412,25 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recvae.config import check_inputs, load_config, select_models
-    from recvae.pipeline import results_table, run_pipeline
-    from recvae.tracking import resolve_tracking_uri
+    from dataclasses import replace
+
+    from recvae.config import cap_epochs, check_inputs, load_config, select_models
+    from recvae.run.pipeline import run_pipeline
+    from recvae.run.report import results_table
 
     cfg = load_config(args.config, _pairs(args.set, "--set"))  # builds every model: checks params
     only = [m for m in args.models.split(",") if m] if args.models else None
     names = [m.run_name for m in select_models(cfg, only)]
     check_inputs(cfg)
+    if not args.no_track:  # as the run does first: an unreachable store fails now
+        from recvae.tracking import check_tracking_server, resolve_tracking_uri
+
+        check_tracking_server(resolve_tracking_uri(cfg.tracking.uri))
     if args.dry_run:
         print(f"{args.config}: valid; data {cfg.data.path}; dataset {cfg.data.dataset_name} → "
               f"{cfg.data.out_dir}; outputs {cfg.output_dir}; models: {', '.join(names)}")
         return 0
+    cfg = replace(cfg, models=[cap_epochs(m, args.max_epochs) for m in cfg.models])
     from recvae.io import sweep_stale
 
     sweep_stale(cfg.output_dir)  # what a killed run left in its output folders
@@ -439,6 +444,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.recommend.enabled:
         print(f"recommendations: {Path(cfg.output_dir) / 'recommendations'}")
     if not args.no_track:
+        from recvae.tracking import resolve_tracking_uri
+
         uri = resolve_tracking_uri(cfg.tracking.uri)
         tracked = [o for o in outcomes if o.run_id]
         print(f"MLflow store:    {uri}")
@@ -505,8 +512,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _default(cls: type, name: str) -> Any:
+    """A config dataclass field's default: the CLI's defaults are the config's, stated once."""
+    import dataclasses
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def build_parser() -> argparse.ArgumentParser:
     from recvae import __version__
+    from recvae.config import EvaluationConfig as Ev
+    from recvae.config import RecommendConfig as Rec
+    from recvae.data.spec import PreprocessConfig as Pre
+    from recvae.data.spec import SplitConfig as Split
 
     p = _Parser(
         prog="recvae", formatter_class=_HelpFormatter,
@@ -528,25 +547,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="dataset name (default: from the path)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="reader option, e.g. user_col=customer (table source)")
-    s.add_argument("--threshold", type=_threshold, default=3.5,
+    s.add_argument("--threshold", type=_threshold, default=_default(Pre, "threshold"),
                    help="keep value > threshold; 'none' keeps all")
     s.add_argument("--allow-negative", action="store_true",
                    help="with --threshold none, keep negative values as positives too")
-    s.add_argument("--min-item-users", type=_COUNT, default=0,
+    s.add_argument("--min-item-users", type=_COUNT, default=_default(Pre, "min_item_users"),
                    help="drop items with fewer users first")
-    s.add_argument("--min-user-items", type=_COUNT, default=5,
+    s.add_argument("--min-user-items", type=_COUNT, default=_default(Pre, "min_user_items"),
                    help="then drop users with fewer (positive) items")
     s.add_argument("--iterate", action="store_true", help="iterate the filters to a k-core")
-    s.add_argument("--split", default="strong", help="strong | random | temporal | predefined")
+    s.add_argument("--split", default=_default(Split, "method"),
+                   help="strong | random | temporal | predefined")
     s.add_argument("--n-heldout-users", type=_POSITIVE,
                    help="strong: users per held-out part (default 10 %% of users, at most 10,000)")
-    s.add_argument("--test-prop", type=_proportion, default=0.2,
+    s.add_argument("--test-prop", type=_proportion, default=_default(Split, "test_prop"),
                    help="strong: held-out share of each evaluation user; random: test share")
-    s.add_argument("--validation-prop", type=_proportion, default=0.1,
+    s.add_argument("--validation-prop", type=_proportion, default=_default(Split, "validation_prop"),
                    help="weak splits: validation share carved from each user's training rows")
     s.add_argument("--leave-last", type=_POSITIVE, help="temporal: each user's last N interactions are tests")
     s.add_argument("--cutoff", type=_finite, help="temporal: interactions at or after (epoch seconds)")
-    s.add_argument("--seed", type=_SEED, default=98765, help="seed of the split (the paper's)")
+    s.add_argument("--seed", type=_SEED, default=_default(Split, "seed"),
+                   help="seed of the split (the paper's)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key of the --config file, e.g. data.split.seed=1")
     s.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
@@ -575,7 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyper-parameter, e.g. lr=1e-3")
     s.add_argument("--epochs", type=_POSITIVE, help="epochs, for models that train in epochs")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the model's, auto)")
-    s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100], help="cut-offs of the metrics")
+    s.add_argument("--k", type=_POSITIVE, nargs="+", default=_default(Ev, "ks"),
+                   help="cut-offs of the metrics")
+    s.add_argument("--max-epochs", type=_POSITIVE, metavar="N",
+                   help="cap epochs (and iterations) at N, whatever --epochs or --set say: a smoke run")
+    s.add_argument("--overwrite", action="store_true", help="replace the model folder --out if it exists")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     s.add_argument("--nproc", type=_POSITIVE, metavar="N",
                    help="train data-parallel in N processes (runs torchrun; GPUs: one each)")
@@ -591,8 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir", help="model directory from `recvae train` or a pipeline")
     s.add_argument("--data", required=True, help="dataset directory from `recvae ingest`")
     s.add_argument("--split", default="test", choices=["validation", "test"], help="the part")
-    s.add_argument("--k", type=_POSITIVE, nargs="+", default=[20, 50, 100], help="cut-offs of the metrics")
-    s.add_argument("--batch-size", type=_POSITIVE, default=1000, help="users scored at a time")
+    s.add_argument("--k", type=_POSITIVE, nargs="+", default=_default(Ev, "ks"),
+                   help="cut-offs of the metrics")
+    s.add_argument("--batch-size", type=_POSITIVE, default=_default(Ev, "batch_size"),
+                   help="users scored at a time")
     s.add_argument("--json", action="store_true", help="print the metrics as JSON")
     s.set_defaults(func=cmd_evaluate)
 
@@ -602,20 +629,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri", help="MLflow store of --run-id (default: MLFLOW_TRACKING_URI, "
                    "else ./mlflow.db)")
     s.add_argument("--data", required=True, help="dataset directory (user histories, id maps)")
-    s.add_argument("--users", default="all",
+    s.add_argument("--users", default=_default(Rec, "users"),
                    help="all (every user of the raw log; with --fallback none, the users the model "
                         "scores) | comma-separated ids | a file of ids, one a line")
-    s.add_argument("--k", type=_POSITIVE, default=100, help="items per user")
-    s.add_argument("--exclude", default="all", choices=["all", "train", "none"],
+    s.add_argument("--k", type=_POSITIVE, default=_default(Rec, "k"), help="items per user")
+    s.add_argument("--exclude", default=_default(Rec, "exclude"), choices=["all", "train", "none"],
                    help="never recommend: all = every item of the user's raw log, whatever its "
                         "rating; train = what the model was given (held-out items stay rankable, "
                         "for offline checks); none")
-    s.add_argument("--fallback", default="popularity", choices=["popularity", "none"],
+    s.add_argument("--fallback", default=_default(Rec, "fallback"), choices=["popularity", "none"],
                    help="users the model cannot score (dropped by preprocessing, not in the log): "
                         "popularity over their unseen items, marked source=fallback; none: an error")
     s.add_argument("--out", required=True, help="output .parquet or .csv")
     s.add_argument("--format", choices=["parquet", "csv"], help="default: from --out's suffix")
-    s.add_argument("--batch-size", type=_POSITIVE, default=2000, help="users scored at a time")
+    s.add_argument("--batch-size", type=_POSITIVE, default=_default(Rec, "batch_size"),
+                   help="users scored at a time")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_recommend)
 
@@ -631,7 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     s.add_argument("--force-ingest", action="store_true", help="rebuild the dataset even if cached")
     s.add_argument("--resume", action="store_true",
-                   help="models that train in epochs continue from their checkpoints")
+                   help="continue the last pipeline run of output_dir if it did not finish (models that "
+                        "train in epochs from their checkpoints); else start a new one")
+    s.add_argument("--max-epochs", type=_POSITIVE, metavar="N",
+                   help="cap every model's epochs (and iterations) at N: a smoke run of the pipeline")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
 

@@ -31,7 +31,7 @@ import yaml
 
 from recvae.data.spec import DataConfig, PreprocessConfig, SplitConfig  # noqa: F401 - re-exported
 from recvae.errors import RecvaeError
-from recvae.search.spec import SearchConfig, model_search
+from recvae.search.spec import SearchConfig, check_search_config, model_search, where_of
 
 
 @dataclass
@@ -349,6 +349,7 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                 f"{source}: recommend.{key}: expected {', '.join(allowed[:-1])} or {allowed[-1]}, "
                 f"got {value!r}"
             )
+    check_search_config(cfg.search, source)  # checked even where every block overrides it
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         where = f"{source}: models[{i}]"
@@ -368,10 +369,14 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                 "(the autoencoders other than recvae do)"
             )
         search = model_search(cfg, m, where=where)  # a bad search: block fails at load (and --dry-run)
-        if m.nproc > 1 and search is not None:
-            raise RecvaeError(
-                f"{where}.nproc: search trials train in one process; remove nproc or search"
-            )
+        if search is not None:
+            if m.nproc > 1:
+                raise RecvaeError(
+                    f"{where}.nproc: search trials train in one process; remove nproc or search"
+                )
+            from recvae.search.study import check_search  # Optuna: only for a searched model
+
+            check_search(search, lambda name, m=m, where=where: where_of(m, name, where))
 
 
 def select_models(cfg: PipelineConfig, only: Sequence[str] | None) -> list[ModelConfig]:
@@ -397,28 +402,32 @@ def check_inputs(cfg: PipelineConfig) -> None:
         )
 
 
-#: Caps every model's ``epochs`` and ``iterations`` when set (smoke tests: the README test runs
-#: the README's commands as written, in seconds); unset, nothing is capped.
-MAX_EPOCHS_ENV = "RECVAE_MAX_EPOCHS"
-
-
 def build_model(m: ModelConfig, *, device: str | None = None, where: str = "model") -> Any:
     """Instantiate the model of ``m`` with its params (unknown params are errors)."""
     from recvae.models import create_model, model_class
 
-    fields = {f.name: f for f in dataclasses.fields(model_class(m.model)) if f.init}
+    fields = {f.name for f in dataclasses.fields(model_class(m.model)) if f.init}
     params = dict(m.params)
     if device is not None and "device" in fields and "device" not in params:
         params["device"] = device
-    cap = os.environ.get(MAX_EPOCHS_ENV, "").strip()
-    if cap:
-        if not cap.isdigit() or int(cap) < 1:
-            raise RecvaeError(f"{MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
-        for key in ("epochs", "iterations"):
-            if key in fields:
-                given = params.get(key, fields[key].default)
-                params[key] = min(int(given), int(cap)) if isinstance(given, int) else int(cap)
     return create_model(m.model, params, where=f"{where}.params")
+
+
+def cap_epochs(m: ModelConfig, cap: int | None) -> ModelConfig:
+    """``m`` with ``epochs`` and ``iterations`` at most ``cap`` (``--max-epochs``, for smoke
+    runs); unchanged when ``cap`` is None or the model trains in neither."""
+    if cap is None:
+        return m
+    from recvae.models import model_class
+
+    fields = {f.name: f for f in dataclasses.fields(model_class(m.model)) if f.init}
+    params = dict(m.params)
+    for key in ("epochs", "iterations"):
+        if key in fields:
+            given = params.get(key, fields[key].default)
+            whole = isinstance(given, int) and not isinstance(given, bool)
+            params[key] = min(given, cap) if whole else cap
+    return dataclasses.replace(m, params=params)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

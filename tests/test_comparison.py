@@ -14,9 +14,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from recvae.comparison import CHAMPION_ALIAS, TABLE_ARTIFACT
 from recvae.config import load_config
-from recvae.pipeline import run_pipeline
+from recvae.run.comparison import CHAMPION_ALIAS, TABLE_ARTIFACT
+from recvae.run.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("popularity", "item-knn")

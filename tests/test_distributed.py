@@ -14,11 +14,14 @@ import pytest
 import torch
 import yaml
 
-from recvae import distributed, pipeline
+from recvae import distributed
 from recvae.cli import main
 from recvae.config import load_config
 from recvae.errors import RecvaeError
 from recvae.models.autoencoders import MultDAE
+from recvae.run import fit
+from recvae.run.context import Layout, RunContext
+from recvae.run.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 ZIP = REPO / "data" / "ml-latest-small.zip"
@@ -141,7 +144,7 @@ def test_pipeline_trains_a_model_in_two_processes_and_refits_it(tmp_path: Path) 
         "models": [{"model": "mult-dae", "nproc": 2,
                     "params": {"epochs": 2, "batch_size": 100, "dropout": 0.0}}],
     })
-    (outcome,) = pipeline.run_pipeline(cfg, track=False, show_progress=False)
+    (outcome,) = run_pipeline(cfg, track=False, show_progress=False)
     assert outcome.ok, outcome.error
     assert outcome.refit_epochs in (1, 2)
     assert outcome.metrics["val/ndcg_at_100"] > 0 and outcome.metrics["test/ndcg_at_100"] > 0
@@ -214,13 +217,13 @@ def test_fit_distributed_runs_recvae_train_and_replays_the_history(
             args[args.index("--out") + 1])
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
+    monkeypatch.setattr(fit.subprocess, "run", fake_run)
     from recvae.config import ModelConfig
 
     mc = ModelConfig("mult-dae", label="dae", params={"epochs": 3, "patience": None}, nproc=2)
     reports: list = []
-    model = pipeline.fit_distributed(mc, small, tmp_path / "out", device="cpu", resume=True,
-                                     refit=True, show_progress=False, callbacks=[reports.append])
+    ctx = RunContext(Layout(tmp_path), device="cpu", show_progress=False, resume=True, data_dir=small)
+    model = fit.fit_distributed(mc, ctx, tmp_path / "out", refit=True, callbacks=[reports.append])
     args = seen["cmd"][len(distributed.torchrun_command(2)):]
     assert args[:2] == ["train", "--data"] and {"--refit", "--resume", "--no-track",
                                                  "--quiet"} <= set(args)
@@ -232,13 +235,13 @@ def test_fit_distributed_runs_recvae_train_and_replays_the_history(
 
 
 def test_fit_distributed_reports_a_failed_launch(small: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(pipeline.subprocess, "run",
+    monkeypatch.setattr(fit.subprocess, "run",
                         lambda cmd: subprocess.CompletedProcess(cmd, 1))
     from recvae.config import ModelConfig
 
     with pytest.raises(RecvaeError, match="training in 2 processes failed"):
-        pipeline.fit_distributed(ModelConfig("mult-dae", nproc=2), small, tmp_path / "o",
-                                 device=None, resume=False)
+        fit.fit_distributed(ModelConfig("mult-dae", nproc=2), RunContext(Layout(tmp_path), data_dir=small),
+                            tmp_path / "o")
 
 
 def test_one_process_outside_torchrun(monkeypatch) -> None:

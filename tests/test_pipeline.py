@@ -12,7 +12,8 @@ from recvae import cli
 from recvae.config import load_config
 from recvae.models.autoencoders.training import CHECKPOINT_FILE
 from recvae.models.popularity import Popularity
-from recvae.pipeline import results_table, run_pipeline
+from recvae.run.pipeline import run_pipeline
+from recvae.run.report import results_table
 
 REPO = Path(__file__).resolve().parents[1]
 

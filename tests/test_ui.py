@@ -40,7 +40,7 @@ def build_store(db: Path, work: Path) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from recvae.config import load_config
-    from recvae.pipeline import run_pipeline
+    from recvae.run.pipeline import run_pipeline
 
     cfg = load_config(
         REPO / "pipelines" / "quickstart.yaml",

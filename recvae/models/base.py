@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,32 +22,17 @@ import scipy.sparse as sp
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.io import atomic_dir, load_npy, read_json, read_parquet_column
+from recvae.reporting import Callback, EpochReport, report_all, report_fit_seconds  # noqa: F401 - re-exported
 
 MODEL_FILE = "recvae_model.json"
 MODEL_FORMAT = 1
-
-
-@dataclass
-class EpochReport:
-    """What a model reports after each training epoch (or once, for closed-form models).
-
-    ``metrics`` uses stable names: ``train/loss``, ``train/kl``, ``train/beta``,
-    ``val/ndcg_at_100``, ``epoch_seconds`` ...
-    """
-
-    epoch: int
-    metrics: dict[str, float]
-    is_best: bool = False
-
-
-Callback = Callable[[EpochReport], None]
 
 
 class NotFittedError(RecvaeError):
     """A model was used before ``fit`` or ``load``."""
 
 
-@dataclass
+@dataclass(eq=False)  # fitted models compare by identity: their arrays have no single truth value
 class Recommender(ABC):
     """Base class: hyper-parameters are dataclass fields stored as given; learned state ends in ``_``.
 
@@ -138,9 +122,13 @@ class Recommender(ABC):
 
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model (config, item vocabulary, learned state) to a directory, atomically."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the model (config, item vocabulary, learned state) to a directory, atomically.
+
+        A folder that exists already is refused unless ``overwrite`` (then it is replaced
+        whole, only once the new one is complete)."""
         self._check_fitted()
+        check_writable(path, overwrite=overwrite)
         with atomic_dir(path) as tmp:
             meta = {"model": self.name, "params": self.params(), "format": MODEL_FORMAT}
             (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -229,13 +217,14 @@ def training_matrix(dataset: Dataset, model: str) -> sp.csr_matrix:
     return train.tocsr()
 
 
-def report_all(callbacks: Sequence[Callback], report: EpochReport) -> None:
-    """Hand ``report`` to every callback."""
-    for callback in callbacks:
-        callback(report)
-
-
-def report_fit_seconds(callbacks: Sequence[Callback], start: float) -> None:
-    """For models fitted in one go: a single epoch-0 report of the seconds since ``start``
-    (a ``time.perf_counter()`` value)."""
-    report_all(callbacks, EpochReport(epoch=0, metrics={"fit_seconds": time.perf_counter() - start}))
+def check_writable(path: str | os.PathLike, *, overwrite: bool) -> None:
+    """Raise unless a model may be saved at ``path``: it does not exist, or ``overwrite``."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        what = "a saved model" if (target / MODEL_FILE).is_file() else "a folder"
+        raise RecvaeError(
+            f"{target}: {what} exists already; save elsewhere, or replace it with overwrite=True "
+            "(recvae train: --overwrite)"
+        )
+    if target.exists() and not target.is_dir():
+        raise RecvaeError(f"{target}: exists and is not a folder; expected a model folder")

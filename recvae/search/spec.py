@@ -258,12 +258,27 @@ def resolve_search(m: Any, defaults: SearchConfig, where: str) -> SearchSpec | N
                 f"{_where_of(m, 'sampler', where)}: grid needs a finite space, but "
                 f"{continuous[0]} is a continuous range; give it a step or choices"
             )
-    # Optuna checks the options' values itself: build both once so a bad one fails now
-    from recvae.search.study import make_pruner, make_sampler
-
-    make_sampler(spec, _where_of(m, "sampler", where))
-    make_pruner(pruner, _where_of(m, "pruner", where))
     return spec
+
+
+def check_search_config(defaults: SearchConfig, source: str) -> None:
+    """The pipeline's own ``search:`` values, whether or not a model block overrides them."""
+    if not is_int(defaults.trials) or defaults.trials < 1:
+        raise RecvaeError(f"{source}: search.trials: expected an integer ≥ 1, got {defaults.trials!r}")
+    timeout = defaults.timeout_minutes
+    if timeout is not None and not (is_real(timeout) and timeout > 0):
+        raise RecvaeError(f"{source}: search.timeout_minutes: expected a number > 0, got {timeout!r}")
+    parse_named(defaults.sampler, SAMPLERS, f"{source}: search.sampler")
+    parse_named(defaults.pruner, PRUNERS, f"{source}: search.pruner")
+    if defaults.storage is not None:
+        check_storage(defaults.storage, f"{source}: search.storage")
+    if not is_int(defaults.seed) or defaults.seed < 0:
+        raise RecvaeError(f"{source}: search.seed: expected an integer ≥ 0, got {defaults.seed!r}")
+
+
+def where_of(m: Any, name: str, where: str) -> str:
+    """The key of a tuning setting: the model block's own, or the pipeline's ``search.NAME``."""
+    return _where_of(m, name, where)
 
 
 def parse_param(spec: Any, kind: str, key: str) -> Param:

@@ -94,7 +94,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_SECONDS,
                 )
         except ImportError as e:
-            hint = {"postgresql": "pip install psycopg2-binary",
+            hint = {"postgresql": "pip install 'psycopg[binary]' (SQLAlchemy 2.1's default driver)",
                     "mysql": "pip install PyMySQL and use mysql+pymysql://"}.get(
                 url.split(":", 1)[0].split("+", 1)[0], "install its SQLAlchemy driver")
             raise RecvaeError(
@@ -110,6 +110,35 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             time.sleep(1.0 + attempt)  # another worker may be creating the same tables
     detail = str(last).strip().splitlines()[0] if last is not None else "unknown error"
     raise RecvaeError(f"Optuna storage {masked(url)}: cannot open it ({detail})")
+
+
+def check_search(spec: SearchSpec, where: Callable[[str], str]) -> None:
+    """What only Optuna and SQLAlchemy can check, before any trial: the sampler's and pruner's
+    options (each built once) and the storage's database driver. ``where(name)`` is the key
+    of the setting ``name`` (``sampler``, ``pruner``, ``storage``) for the error."""
+    make_sampler(spec, where("sampler"))
+    make_pruner(spec.pruner, where("pruner"))
+    if spec.storage is not None:
+        check_driver(spec.storage, where("storage"))
+
+
+def check_driver(url: str, key: str) -> None:
+    """The storage URL's database driver can be imported (``postgresql://`` needs psycopg, SQLAlchemy 2.1's default)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as e:
+        scheme = url.split(":", 1)[0].split("+", 1)[0]
+        hint = {"postgresql": "pip install 'psycopg[binary]' (SQLAlchemy 2.1's default driver)",
+                "mysql": "pip install PyMySQL and use mysql+pymysql://"}.get(
+            scheme, "install its SQLAlchemy driver")
+        raise RecvaeError(
+            f"{key}: {masked(url)}: its database driver is not installed; {hint} "
+            f"({str(e).strip().splitlines()[0]})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's ArgumentError, NoSuchModuleError...
+        raise RecvaeError(f"{key}: {masked(url)}: not a database URL SQLAlchemy knows ({e})") from None
 
 
 def fingerprint_of(model: str, fixed: dict[str, Any], spec: SearchSpec, data_key: str) -> dict[str, Any]:

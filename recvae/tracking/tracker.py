@@ -49,7 +49,8 @@ import recvae
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.io import atomic_file
-from recvae.models.base import Callback, EpochReport, Recommender
+from recvae.models.base import Recommender
+from recvae.reporting import Callback, EpochReport
 from recvae.tracking.artifacts import sample_name, write_head_sample
 from recvae.tracking.guard import Guard
 from recvae.tracking.logged_model import LoggedModelInfo, content_digest, input_example
@@ -112,6 +113,14 @@ class TrackedRun:
     @property
     def info(self) -> RunInfo:
         return RunInfo(self.record.run_id, self.record.name, self.record.meta.get("experiment_id"))
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self.record.meta.get("experiment_id")
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.parent.run_id if self.parent is not None else None
 
     @property
     def history(self) -> list[tuple[int, dict[str, float]]]:
@@ -195,6 +204,10 @@ class Tracker:
     def active(self) -> TrackedRun | None:
         """The innermost open run."""
         return self._stack[-1] if self._stack else None
+
+    def use_dataset(self, dataset: Dataset, source: str | None) -> None:
+        """The dataset that runs opened from now on log as their input."""
+        self.dataset, self.dataset_source = dataset, source
 
     def not_logged(self) -> list[RunRecord]:
         """Records of runs this tracker opened that the store does not hold completely."""
@@ -581,7 +594,7 @@ class Tracker:
                for op in run.record.ops):
             return None  # a reopened run that already has its model
         if model_dir is None:
-            model_dir = model.save(run.record.path / "model" / "recvae_model")
+            model_dir = model.save(run.record.path / "model" / "recvae_model", overwrite=True)
         model_dir = Path(model_dir)
         dataset = dataset or self.dataset
         values = finite_metrics(metrics or {})
@@ -662,9 +675,12 @@ class Tracker:
         self, name: str, kind: str, parent: TrackedRun | None, tags: dict[str, str],
         display_name: str | None = None,
     ) -> TrackedRun:
-        """A new run's record, or (``resume``) the last one of this name, kind and parent."""
+        """A new run's record, or (``resume``) the last one of this name, kind and parent; a
+        pipeline run that finished is never reopened (its comparison is complete)."""
         parent_uid = parent.record.uid if parent is not None else None
         previous = self._previous(name, kind, parent_uid) if self.resume else None
+        if previous is not None and kind == "pipeline" and previous.status == "FINISHED":
+            previous = None
         if previous is None:
             from mlflow.tracking.context.registry import resolve_tags
 

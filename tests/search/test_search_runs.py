@@ -1,4 +1,4 @@
-"""recvae.search.runner through the pipeline: trials as nested MLflow runs, pruned trials
+"""recvae.run.search through the pipeline: trials as nested MLflow runs, pruned trials
 marked, the best params in the final model, the test set scored once, studies that resume."""
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import numpy as np
 import optuna
 import pytest
 
-import recvae.pipeline
-import recvae.search.runner
+import recvae.run.fit
+import recvae.run.search
+import recvae.run.steps
 from recvae import cli
 from recvae.config import load_config
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.models.autoencoders import MultDAE
 from recvae.models.ease import EASE
-from recvae.pipeline import run_pipeline
+from recvae.run.pipeline import run_pipeline
 from recvae.search.spec import SearchSpec, parse_named
 from recvae.search.study import make_sampler
 
@@ -52,7 +53,7 @@ def _spy_test_scoring(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> list[s
     import recvae.models.autoencoders.training as training
 
     parts: list[str] = []
-    real = recvae.pipeline.evaluate
+    real = recvae.run.fit.evaluate
 
     def same(a, b) -> bool:  # noqa: ANN001
         return a.shape == b.shape and (a != b).nnz == 0
@@ -65,7 +66,7 @@ def _spy_test_scoring(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> list[s
         )
         return real(score, part, *args, **kwargs)
 
-    for module in (recvae.pipeline, recvae.search.runner, training):
+    for module in (recvae.run.fit, recvae.run.steps, recvae.run.search, training):
         monkeypatch.setattr(module, "evaluate", spy)
     return parts
 
@@ -179,7 +180,7 @@ def test_a_resumed_search_whose_best_trial_changed_refits_afresh(
     assert other.params["dropout"] != first.params["dropout"]
     capsys.readouterr()
     with monkeypatch.context() as m:
-        m.setattr(recvae.search.runner, "_best_trial", lambda *a: other)
+        m.setattr(recvae.run.search, "_best_trial", lambda *a: other)
         assert cli.main([*argv, "--resume"]) == 0
     out = capsys.readouterr().out
     assert "[mult-dae refit] epoch   2" in out  # refitted afresh, with the new best's params

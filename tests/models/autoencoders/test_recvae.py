@@ -374,7 +374,7 @@ def test_recvae_refuses_data_parallel_training(dataset: Dataset, monkeypatch) ->
 
 def test_pipeline_refit_resume_and_cli_train(tmp_path: Path, capsys) -> None:
     from recvae.config import load_config
-    from recvae.pipeline import run_pipeline
+    from recvae.run.pipeline import run_pipeline
 
     params = {"epochs": 2, "batch_size": 100, "hidden_dim": 16, "latent_dim": 8}
     cfg = load_config(

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recvae import cli, pipeline
+from recvae import cli
+from recvae.run import fit
 from tests.reliability.tracking.mlflow_server import MlflowServer
 from tests.reliability.tracking.runs import comparable, pipeline_file, store_view
 
@@ -41,7 +42,7 @@ def test_server_stopped_at_epoch_3_then_sync(
 
         # the same run; the server is stopped (SIGTERM) right after epoch 3 of mult-vae
         seen: dict[int, tuple[float, dict]] = {}
-        real_print_epoch = pipeline.print_epoch
+        real_print_epoch = fit.print_epoch
 
         def print_and_stop(run_name, stream=None):  # noqa: ANN001, ANN202
             inner = real_print_epoch(run_name, stream)
@@ -54,7 +55,7 @@ def test_server_stopped_at_epoch_3_then_sync(
                         server.stop()
             return on_epoch
 
-        monkeypatch.setattr(pipeline, "print_epoch", print_and_stop)
+        monkeypatch.setattr(fit, "print_epoch", print_and_stop)
         out = tmp_path / "out"
         code = cli.main([*run, "--set", f"tracking.uri={server.url}", "--set", f"output_dir={out}"])
         captured = capsys.readouterr()

@@ -3,7 +3,7 @@ selected it, the test metrics with their standard errors, fit seconds, the selec
 (for tuned models) the trial counts; as CSV, Markdown and a bar chart, and as the table the
 pipeline's MLflow run shows.
 
-The best model is the best on validation (``val/ndcg_at_100``), never on test.
+The best model is the best on validation (``SELECTION_METRIC``), never on test.
 
 Example::
 
@@ -18,16 +18,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recvae.io import atomic_file
-
-if TYPE_CHECKING:
-    from recvae.pipeline import ModelOutcome
+from recvae.reporting import Tracker
+from recvae.run.context import SELECTION_METRIC, ModelOutcome
 
 FILES = ("comparison.csv", "comparison.md", "comparison.png")
 TABLE_ARTIFACT = "comparison.json"  # the run's table (mlflow.log_table's format)
-DEFAULT_SELECTION = "val/ndcg_at_100"
 CHAMPION_ALIAS = "champion"  # the registry alias of the best model on validation
 
 
@@ -45,7 +43,7 @@ class Comparison:
     @classmethod
     def of(
         cls, outcomes: Sequence[ModelOutcome], test_metrics: Sequence[str],
-        selection: str = DEFAULT_SELECTION,
+        selection: str = SELECTION_METRIC,
     ) -> Comparison:
         """The comparison of ``outcomes`` on ``test_metrics`` (``test/...`` names)."""
         tuned = any(o.search for o in outcomes)
@@ -123,14 +121,15 @@ class Comparison:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
-    def write(self, output_dir: str | Path) -> list[Path]:
-        """``comparison.csv`` (full precision), ``comparison.md`` and ``comparison.png`` in
-        ``output_dir``, each written atomically; returns their paths."""
+    def write(self, output_dir: str | Path, suffix: str = "") -> list[Path]:
+        """``comparison<suffix>.csv`` (full precision), ``.md`` and ``.png`` in ``output_dir``,
+        each written atomically; returns their paths. ``suffix`` keeps a ``--models`` subset's
+        files beside the whole pipeline's (``comparison.mult-vae.md``)."""
         from recvae.tracking.plots import plot_comparison
 
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        csv_path, md_path, png_path = (out / name for name in FILES)
+        csv_path, md_path, png_path = (out / name.replace(".", f"{suffix}.", 1) for name in FILES)
         with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns)
             w.writeheader()
@@ -152,7 +151,7 @@ class Comparison:
 
 
 def log_comparison(
-    tracker: Any, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
+    tracker: Tracker, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
     registered_name: str,
 ) -> None:
     """On the open pipeline run: the comparison as a table (``comparison.json``), the best

@@ -16,7 +16,7 @@ need not be trained again, even after a restart.
 Example::
 
     result = search_model(mc, dataset, spec, study_name="quickstart:ml-latest-small:ease",
-                          output_dir=Path("runs"), ks=(20, 50, 100))
+                          ctx=RunContext(Layout(Path("runs"))))
     result.best_values, result.val_metrics["val/ndcg_at_100"]
 """
 
@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,10 @@ from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.io import atomic_file
-from recvae.models.base import Callback, EpochReport, Recommender
-from recvae.search.spec import SELECTION_METRIC, SearchSpec
+from recvae.models.base import Recommender
+from recvae.reporting import Callback, EpochReport, Tracker, print_epoch
+from recvae.run.context import SELECTION_METRIC, RunContext
+from recvae.search.spec import SearchSpec
 from recvae.search.study import (
     ATTR_ERROR,
     ATTR_RUN_ID,
@@ -113,41 +115,30 @@ def search_model(
     spec: SearchSpec,
     *,
     study_name: str,
-    output_dir: Path,
-    ks: Sequence[int] = (20, 50, 100),
-    eval_batch_size: int = 1000,
-    device: str | None = None,
-    tracker: Any | None = None,
-    progress: Callable[[str], Callback] | None = None,
-    show_progress: bool = False,
-    resume: bool = False,
+    ctx: RunContext,
     keep_best: bool = False,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> SearchResult:
     """Run trials of ``mc`` (fixed params + ``spec``) until the study holds ``spec.trials``.
 
-    ``tracker`` (a :class:`recvae.tracking.Tracker` inside the model's run) gets one nested run
-    per trial; ``progress(label)`` makes the per-epoch printing callback. ``resume`` continues
-    or joins an existing study (see :func:`recvae.search.study.open_study`). ``keep_best``
-    saves the best trial's model and returns it (used when there is no refit).
+    ``ctx.tracker`` (inside the model's run) gets one nested run per trial; each trial prints
+    its epochs. ``ctx.resume`` continues or joins an existing study (see
+    :func:`recvae.search.study.open_study`). ``keep_best`` saves the best trial's model and
+    returns it (used when there is no refit).
     """
     with _optuna_quiet():
-        return _search(mc, dataset, spec, study_name=study_name, output_dir=output_dir, ks=ks,
-                       eval_batch_size=eval_batch_size, device=device, tracker=tracker,
-                       progress=progress, show_progress=show_progress, resume=resume,
-                       keep_best=keep_best, say=say)
+        return _search(mc, dataset, spec, study_name=study_name, ctx=ctx, keep_best=keep_best, say=say)
 
 
 def _search(
-    mc: ModelConfig, dataset: Dataset, spec: SearchSpec, *, study_name: str, output_dir: Path,
-    ks: Sequence[int], eval_batch_size: int, device: str | None, tracker: Any | None,
-    progress: Callable[[str], Callback] | None, show_progress: bool, resume: bool,
+    mc: ModelConfig, dataset: Dataset, spec: SearchSpec, *, study_name: str, ctx: RunContext,
     keep_best: bool, say: Callable[[str], None],
 ) -> SearchResult:
     t0 = time.perf_counter()
     explicit = spec.storage is not None
-    url = spec.storage or default_storage(output_dir)
-    work = Path(output_dir) / "search" / _safe(mc.run_name)
+    url = spec.storage or default_storage(ctx.out.root)
+    work = ctx.out.search(mc.run_name)
+    tracker, resume = ctx.tracker, ctx.resume
     storage = open_storage(url)
     fingerprint = fingerprint_of(mc.model, mc.params, spec, _data_key(dataset))
     study = open_study(
@@ -166,12 +157,8 @@ def _search(
     say(f"[{mc.run_name}] study {study_name!r} in {masked(url)}: {counts.done}/{budget} trials done"
         + (f", {counts.running} running elsewhere" if counts.running else ""))
 
-    trial_ks = tuple(sorted(set(ks) | {100}))  # the objective is NDCG@100 whatever the table shows
-    run = _TrialRunner(
-        mc, dataset, spec, storage=storage, device=device, ks=trial_ks,
-        eval_batch_size=eval_batch_size, tracker=tracker, progress=progress,
-        show_progress=show_progress, keep_dir=work if keep_best else None, say=say,
-    )
+    run = _TrialRunner(mc, dataset, spec, storage=storage, ctx=ctx,
+                       keep_dir=work if keep_best else None, say=say)
     deadline = t0 + spec.timeout_minutes * 60 if spec.timeout_minutes else None
     timed_out, waiting, here = False, False, 0
     while True:
@@ -233,14 +220,12 @@ class _TrialRunner:
 
     def __init__(
         self, mc: ModelConfig, dataset: Dataset, spec: SearchSpec, *,
-        storage: optuna.storages.BaseStorage, device: str | None, ks: Sequence[int],
-        eval_batch_size: int, tracker: Any | None, progress: Callable[[str], Callback] | None,
-        show_progress: bool, keep_dir: Path | None, say: Callable[[str], None],
+        storage: optuna.storages.BaseStorage, ctx: RunContext, keep_dir: Path | None,
+        say: Callable[[str], None],
     ) -> None:
         self.mc, self.dataset, self.spec, self.storage = mc, dataset, spec, storage
-        self.device, self.ks, self.eval_batch_size = device, ks, eval_batch_size
-        self.tracker, self.progress, self.show_progress = tracker, progress, show_progress
-        self.keep_dir, self.say = keep_dir, say
+        self.ctx, self.tracker, self.keep_dir, self.say = ctx, ctx.tracker, keep_dir, say
+        self.ks = tuple(sorted(set(ctx.ks) | {100}))  # the objective is NDCG@100 whatever the table shows
 
     def __call__(self, study: optuna.Study) -> None:
         with warnings.catch_warnings():
@@ -277,43 +262,31 @@ class _TrialRunner:
     def _run(self, trial: optuna.Trial, label: str) -> float:
         values = {name: suggest(trial, name, p) for name, p in self.spec.space.items()}
         model = build_model(replace(self.mc, params={**self.mc.params, **values}),
-                            device=self.device, where=label)
+                            device=self.ctx.device, where=label)
         self.say(f"[{label}] {_show(values)}")
-        tracked = (
-            self.tracker.start_trial(trial.number, params={"model": model.params()})
-            if self.tracker is not None else contextlib.nullcontext(None)
-        )
         curve: list[dict[str, float]] = []
-        with tracked as trial_run:
-            if trial_run is not None:
+        with self.tracker.start_trial(trial.number, params={"model": model.params()}) as trial_run:
+            if trial_run.run_id is not None:
                 trial.set_user_attr(ATTR_RUN_ID, trial_run.run_id)
-            callbacks: list[Callback] = []
-            if self.progress is not None:
-                callbacks.append(self.progress(label))
-            if self.tracker is not None:
-                callbacks.append(self.tracker.epoch_callback())
-            callbacks += [_record(curve), _pruning(trial)]
+            callbacks = [print_epoch(label), self.tracker.epoch_callback(), _record(curve), _pruning(trial)]
             t0 = time.perf_counter()
             try:
-                model.fit(self.dataset, callbacks=callbacks, show_progress=self.show_progress)
+                model.fit(self.dataset, callbacks=callbacks, show_progress=self.ctx.show_progress)
             except optuna.TrialPruned:
                 trial.set_user_attr(ATTR_CURVE, curve)
-                if trial_run is not None:
-                    trial_run.state = "PRUNED"
+                trial_run.state = "PRUNED"
                 raise
             fit_seconds = time.perf_counter() - t0
             val = evaluate(model.score, self.dataset.validation, self.ks,
-                           batch_size=self.eval_batch_size, inplace=True).as_metrics("val")
+                           batch_size=self.ctx.eval_batch_size, inplace=True).as_metrics("val")
             for key, attr in ((ATTR_VAL, val), (ATTR_REFIT, model.refit_params()),
                               (ATTR_EPOCH, model.best_epoch_), (ATTR_CURVE, curve),
                               (ATTR_SECONDS, fit_seconds)):
                 trial.set_user_attr(key, attr)
-            if trial_run is not None:
-                self.tracker.log_trial_result({**val, "time/fit_seconds": fit_seconds})
+            self.tracker.log_trial_result({**val, "time/fit_seconds": fit_seconds})
             if self.keep_dir is not None:
                 self._keep_if_best(trial, model, val[SELECTION_METRIC])
-            if trial_run is not None:
-                trial_run.state = "COMPLETE"
+            trial_run.state = "COMPLETE"
             return val[SELECTION_METRIC]
 
     # ------------------------------------------------------------ the best trial's model
@@ -327,7 +300,7 @@ class _TrialRunner:
             if best is not None and best["value"] >= value:
                 return
             path = self.keep_dir / f"trial-{trial.number}"
-            model.save(path)
+            model.save(path, overwrite=True)
             with atomic_file(self.keep_dir / BEST_FILE) as tmp:
                 tmp.write_text(json.dumps({"trial": trial.number, "value": value}) + "\n")
             for old in self.keep_dir.glob("trial-*"):
@@ -416,13 +389,13 @@ def _optuna_quiet() -> Iterator[None]:
         optuna.logging.set_verbosity(before)
 
 
-def _close_dead(study: optuna.Study, storage: Any, tracker: Any | None, name: str,
+def _close_dead(study: optuna.Study, storage: Any, tracker: Tracker, name: str,
                 say: Callable[[str], None]) -> None:
     for t in fail_dead_trials(study, storage):
         say(f"[{name}] trial {t.number} was left RUNNING by a process that died: marked FAIL "
             "(it does not count)")
         run_id = t.user_attrs.get(ATTR_RUN_ID)
-        if tracker is not None and run_id:
+        if run_id:
             tracker.close_stale_run(run_id, "its process died; the trial was marked FAIL")
 
 
@@ -446,10 +419,6 @@ def _data_key(dataset: Dataset) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _show(values: dict[str, Any]) -> str:
