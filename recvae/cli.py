@@ -223,8 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     mc = cap_epochs(_model_config(args), args.max_epochs)
     nproc = args.nproc if args.nproc is not None else 1
+    model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")  # checks the params
     if nproc > 1 or distributed.launched_by_torchrun():
-        model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
         if not model.trains_distributed:
             raise RecvaeError(f"{mc.model} does not train data-parallel; run it in one process")
     if nproc > 1:
@@ -254,7 +254,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     job = ModelJob(mc, logged={"data": {"dir": str(args.data), **_logged(dataset.manifest)}})
     try:
         if not main_process:  # the other processes only train, in step with rank 0
-            model = build_model(mc, device=args.device, where=f"model {mc.run_name!r}")
             model.fit(dataset, checkpoint_dir=ctx.out.checkpoints(mc.run_name), resume=args.resume)
             return 0
         outcome = run_model(job, dataset, ctx)

@@ -106,6 +106,22 @@ class TrackingConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """A blend of the pipeline's models, its weights chosen on validation (``recvae.run.ensemble``).
+
+    ``members``: run names of model blocks, or ``all`` (every model that finishes);
+    ``weights``: ``search`` (a simplex grid with every member alone among its points) or a
+    mapping member → weight (≥ 0, summing to 1); ``normalize``: per-user ``zscore``, ``minmax``
+    or ``none``; ``candidates``: items kept per validation user and member for the search."""
+
+    members: str | list[str] = "all"
+    normalize: str = "zscore"
+    weights: str | dict[str, float] = "search"
+    name: str = "ensemble"
+    candidates: int = 200
+
+
+@dataclass
 class PipelineConfig:
     """A whole pipeline: data → models → evaluation → top-k files → MLflow."""
 
@@ -122,6 +138,7 @@ class PipelineConfig:
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)  # defaults of tuned models
+    ensemble: EnsembleConfig | None = None  # a blend of the models, chosen on validation
     source_file: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -350,6 +367,7 @@ def validate(cfg: PipelineConfig, source: str) -> None:
                 f"got {value!r}"
             )
     check_search_config(cfg.search, source)  # checked even where every block overrides it
+    validate_ensemble(cfg, source)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         where = f"{source}: models[{i}]"
@@ -379,16 +397,73 @@ def validate(cfg: PipelineConfig, source: str) -> None:
             check_search(search, lambda name, m=m, where=where: where_of(m, name, where))
 
 
+def validate_ensemble(cfg: PipelineConfig, source: str) -> None:
+    """The ``ensemble:`` block: known, distinct members (two or more), a known normalization,
+    weights ``search`` or one per member (≥ 0, summing to 1), a name no model block has."""
+    spec = cfg.ensemble
+    if spec is None:
+        return
+    from recvae.models.ensemble import NORMALIZE, check_weights
+
+    where = f"{source}: ensemble"
+    names = [m.run_name for m in cfg.models]
+    if spec.members == "all":
+        members = names
+    elif isinstance(spec.members, str):
+        raise RecvaeError(f"{where}.members: expected 'all' or a list of model names, got {spec.members!r}")
+    else:
+        members = spec.members
+        if not members:
+            raise RecvaeError(f"{where}.members: the list is empty; name two or more models, or 'all'")
+        unknown = [m for m in members if m not in names]
+        if unknown:
+            raise RecvaeError(f"{where}.members: unknown member {unknown[0]!r}; expected models of "
+                              f"this pipeline ({', '.join(names)})")
+        if len(set(members)) != len(members):
+            raise RecvaeError(f"{where}.members: a member is listed twice")
+    if len(members) < 2:
+        raise RecvaeError(f"{where}.members: an ensemble of one model ({', '.join(members)}); "
+                          "name two or more")
+    if spec.normalize not in NORMALIZE:
+        raise RecvaeError(f"{where}.normalize: expected {', '.join(NORMALIZE)}, got {spec.normalize!r}")
+    if isinstance(spec.weights, str):
+        if spec.weights != "search":
+            raise RecvaeError(f"{where}.weights: expected 'search' or a mapping member: weight, "
+                              f"got {spec.weights!r}")
+    else:
+        missing = [m for m in members if m not in spec.weights]
+        if missing:
+            raise RecvaeError(f"{where}.weights: no weight for member {missing[0]!r}")
+        check_weights(spec.weights, members, f"{where}.weights")
+    if spec.name in names:
+        raise RecvaeError(f"{where}.name: {spec.name!r} is a model of this pipeline; name the ensemble "
+                          "otherwise")
+    floor = max(100, *cfg.evaluation.ks)
+    if spec.candidates < floor:
+        raise RecvaeError(f"{where}.candidates: expected an integer ≥ {floor} (the largest k and the "
+                          f"selection's 100), got {spec.candidates}")
+
+
+def ensemble_members(cfg: PipelineConfig) -> list[str]:
+    """The run names of the ensemble's members (none without an ``ensemble:`` block)."""
+    if cfg.ensemble is None:
+        return []
+    return [m.run_name for m in cfg.models] if cfg.ensemble.members == "all" else list(cfg.ensemble.members)
+
+
 def select_models(cfg: PipelineConfig, only: Sequence[str] | None) -> list[ModelConfig]:
-    """The models of ``cfg`` named in ``only`` (run names, as ``--models`` gives them), in the
-    file's order; all of them when ``only`` is empty. An unknown name is an error."""
+    """The models of ``cfg`` named in ``only`` (run names, as ``--models`` gives them; the
+    ensemble's name is a later stage, not a model block), in the file's order; all of them when
+    ``only`` is empty. An unknown name is an error."""
     if not only:
         return list(cfg.models)
     known = [m.run_name for m in cfg.models]
-    missing = [name for name in only if name not in known]
+    stages = [cfg.ensemble.name] if cfg.ensemble is not None else []
+    missing = [name for name in only if name not in known + stages]
     if missing:
         raise RecvaeError(
-            f"--models: {missing[0]!r} is not in {cfg.source_file}; expected one of {', '.join(known)}"
+            f"--models: {missing[0]!r} is not in {cfg.source_file}; expected one of "
+            f"{', '.join(known + stages)}"
         )
     return [m for m in cfg.models if m.run_name in only]
 

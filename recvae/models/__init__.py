@@ -22,6 +22,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "bpr": ("recvae.models.implicit_models", "BPR"),
     "item-knn": ("recvae.models.implicit_models", "ItemKNN"),
     "popularity": ("recvae.models.popularity", "Popularity"),
+    "ensemble": ("recvae.models.ensemble", "Ensemble"),
 }
 
 MODEL_NAMES = tuple(_REGISTRY)

@@ -51,7 +51,7 @@ BLOCK = 2048  # rows per block of the Gram product and of the in-place passes
 CHUNK = 1 << 22
 
 
-@dataclass
+@dataclass(eq=False)
 class EASE(Recommender):
     """Embarrassingly Shallow Autoencoder: an item-item weight matrix B, fitted in closed form.
 
@@ -116,7 +116,7 @@ class EASE(Recommender):
         self.B_ = load_state_array(path / "B.npy", self.name, (self.n_items, self.n_items))
 
 
-@dataclass
+@dataclass(eq=False)
 class EDLAE(EASE):
     """Emphasized Denoising Linear Autoencoder, full rank (Steck, NeurIPS 2020, "Autoencoders
     that don't overfit towards the identity"): EASE with a dropout-emphasized, item-wise ridge.

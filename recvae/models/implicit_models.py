@@ -52,7 +52,7 @@ def _check_gpu(model: str, use_gpu: bool) -> None:
         raise RecvaeError(f"{model}: use_gpu=True but implicit was built without CUDA")
 
 
-@dataclass
+@dataclass(eq=False)
 class _FactorModel(Recommender):
     """Shared by ALS and BPR: implicit's matrix factorization, item factors kept for scoring.
 
@@ -127,7 +127,7 @@ class _FactorModel(Recommender):
         self._fold_in_cache = None
 
 
-@dataclass
+@dataclass(eq=False)
 class ALS(_FactorModel):
     """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) fitted by ``implicit``.
 
@@ -200,7 +200,7 @@ class ALS(_FactorModel):
         return self.user_factors(fold_in) @ self.item_factors_.T
 
 
-@dataclass
+@dataclass(eq=False)
 class BPR(_FactorModel):
     """Bayesian Personalized Ranking (Rendle et al. 2009) fitted by ``implicit``.
 
@@ -282,7 +282,7 @@ class BPR(_FactorModel):
         return self.user_factors(fold_in) @ self.item_factors_.T
 
 
-@dataclass
+@dataclass(eq=False)
 class ItemKNN(Recommender):
     """Item-item nearest neighbours fitted by ``implicit`` (``CosineRecommender`` or
     ``BM25Recommender``).

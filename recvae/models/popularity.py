@@ -26,7 +26,7 @@ from recvae.models.base import (
 )
 
 
-@dataclass
+@dataclass(eq=False)
 class Popularity(Recommender):
     """Scores each item by the number of training users who interacted with it.
 

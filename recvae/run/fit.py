@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,6 +36,17 @@ if TYPE_CHECKING:
     from recvae.run.model import ModelJob
 
 ScoreFn = Callable[[sp.csr_matrix], np.ndarray]
+
+
+class ScoreRecorder(Protocol):
+    """Sees a model's validation scores as they are computed (``wrap``), then keeps them (``save``)."""
+
+    def wrap(self, score: ScoreFn) -> ScoreFn: ...
+
+    def save(self) -> None: ...
+
+
+FitStage = Callable[["ModelJob", Dataset, RunContext, "ScoreRecorder | None"], "Fitted"]
 
 
 @dataclass
@@ -82,26 +93,25 @@ def train(
 
 
 def validate(
-    model: Recommender | ScoreFn, dataset: Dataset, ctx: RunContext,
+    model: Recommender, dataset: Dataset, ctx: RunContext, record: ScoreRecorder | None = None,
 ) -> tuple[dict[str, float], float]:
     """``model``'s ``val/*`` metrics and their scoring seconds; none where the dataset has no
-    validation targets left (a dataset for a refit, ``recvae train --refit``)."""
+    validation targets left (a dataset for a refit, ``recvae train --refit``). ``record`` keeps
+    the scores of this one pass."""
     if not dataset.validation.holdout.nnz:
         return {}, 0.0
-    score = model.score if isinstance(model, Recommender) else model
+    score = record.wrap(model.score) if record is not None else model.score
     t0 = time.perf_counter()
     result = evaluate(score, dataset.validation, ctx.ks, batch_size=ctx.eval_batch_size, inplace=True)
+    if record is not None:
+        record.save()
     return result.as_metrics("val"), time.perf_counter() - t0
 
 
-def fit(
-    job: ModelJob, dataset: Dataset, ctx: RunContext, *,
-    record: Callable[[ScoreFn], ScoreFn] | None = None,
-) -> Fitted:
+def fit(job: ModelJob, dataset: Dataset, ctx: RunContext, record: ScoreRecorder | None = None) -> Fitted:
     """Search or fit ``job``'s block on the training part and score it on validation.
 
-    ``record`` wraps the validation scoring (the ensemble keeps its members' scores from this
-    one pass)."""
+    ``record`` sees the validation scores (the ensemble keeps its members' from this one pass)."""
     if job.search is not None:
         return _searched(job, dataset, ctx, record)
     mc = job.config
@@ -115,13 +125,11 @@ def fit(
         seconds = train(model, dataset, ctx, mc.run_name, ctx.out.checkpoints(mc.run_name),
                         callbacks=on_epoch, strict_resume=job.strict_resume)
     ctx.tracker.complete_curve(model.history_, model.best_epoch_)  # epochs a checkpoint restored
-    val, score_seconds = validate(record(model.score) if record else model, dataset, ctx)
+    val, score_seconds = validate(model, dataset, ctx, record)
     return Fitted(model, mc, seconds, val, score_seconds, model.best_epoch_, model.refit_params())
 
 
-def _searched(
-    job: ModelJob, dataset: Dataset, ctx: RunContext, record: Callable[[ScoreFn], ScoreFn] | None,
-) -> Fitted:
+def _searched(job: ModelJob, dataset: Dataset, ctx: RunContext, record: ScoreRecorder | None) -> Fitted:
     """Tune the block on validation (:func:`recvae.run.search.search_model`); the best trial's
     model is the fitted one where it was kept (no refit follows, or the ensemble needs its
     validation scores), else only its params."""
@@ -142,7 +150,7 @@ def _searched(
         train(model, dataset, ctx, mc.run_name, ctx.out.checkpoints(mc.run_name), strict_resume=False)
     val, score_seconds = found.val_metrics, 0.0
     if record is not None and model is not None:  # the members' validation scores, once
-        val, score_seconds = validate(record(model.score), dataset, ctx)
+        val, score_seconds = validate(model, dataset, ctx, record)
     # the study's trial time, not this process's: a resumed search would otherwise show seconds
     return Fitted(model, best_mc, found.counts.seconds, val, score_seconds, found.best_epoch,
                   found.refit_params, found.summary(), found.best_trial)

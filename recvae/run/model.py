@@ -8,7 +8,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ from recvae.config import ModelConfig, RecommendConfig, build_model
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.run.context import ModelOutcome, RunContext
-from recvae.run.fit import Fitted, ScoreFn, fit, refit
+from recvae.run.fit import FitStage, Fitted, ScoreRecorder, fit, refit
 from recvae.run.steps import evaluate_test, export_topk, log_model, save_model
 
 if TYPE_CHECKING:
@@ -47,16 +46,17 @@ class ModelJob:
 
 def run_model(
     job: ModelJob, dataset: Dataset, ctx: RunContext, *,
-    record: Callable[[ScoreFn], ScoreFn] | None = None,
+    record: ScoreRecorder | None = None, stage: FitStage = fit,
 ) -> ModelOutcome:
-    """Fit ``job`` (searched on validation where it has a search), refit it with ``job.refit``,
-    score the test part once, save, log and export the final model; ``record`` sees the
-    validation scores (the ensemble's members). Raises on failure (the run is marked FAILED)."""
+    """Fit ``job`` with ``stage`` (:func:`~recvae.run.fit.fit`: searched on validation where it
+    has a search), refit it with ``job.refit``, score the test part once, save, log and export
+    the final model; ``record`` keeps the validation scores (the ensemble's members). Raises on
+    failure (the run is marked FAILED)."""
     if job.search is not None and job.config.nproc > 1:
         raise RecvaeError(f"model {job.name!r}: search trials train in one process; remove nproc or search")
     params = _params(job, ctx)
     with ctx.tracker.start_model(job.name, params=params, config=params, device=ctx.device) as run:
-        fitted = fit(job, dataset, ctx, record=record)
+        fitted = stage(job, dataset, ctx, record)
         model, refit_seconds = _final(fitted, job, dataset, ctx)
         model_dir = save_model(model, ctx.out.model_dir(job.name))
         test, test_seconds = evaluate_test(model, dataset, ctx)

@@ -34,6 +34,7 @@ from recvae.io import atomic_file, read_json
 from recvae.reporting import NullTracker, Tracker
 from recvae.run.comparison import Comparison, log_comparison
 from recvae.run.context import SELECTION_METRIC, Layout, ModelOutcome, RunContext
+from recvae.run.ensemble import member_recorders, run_ensemble
 from recvae.run.model import ModelJob, run_model
 from recvae.run.report import SUMMARY_METRICS, format_summary
 from recvae.search.spec import model_search
@@ -61,7 +62,9 @@ def run_pipeline(
     ``output_dir/checkpoints`` where one exists (after a crash or a kill); the others are refitted.
     """
     models = select_models(cfg, only)
-    state = PipelineState.plan(Path(cfg.output_dir), cfg, [m.run_name for m in models], resume)
+    ensemble = cfg.ensemble is not None and (not only or cfg.ensemble.name in only)
+    stages = [cfg.ensemble.name] if ensemble and cfg.ensemble is not None else []
+    state = PipelineState.plan(Path(cfg.output_dir), cfg, [m.run_name for m in models] + stages, resume)
     # connect first: an unreachable server fails now, not after an hour of training
     tracker = _tracker(cfg, track, state.continued, tracker_factory)
     state.save()
@@ -74,10 +77,15 @@ def run_pipeline(
         device=cfg.device, description=f"recvae pipeline {cfg.name}",
         display_name=f"{cfg.name} {datetime.now():%Y-%m-%d %H:%M}", tags={"recvae.pipeline": cfg.name},
     ):
-        outcomes = state.earlier(models)
+        outcomes = state.earlier([*(m.run_name for m in models), *stages])
+        recorders = member_recorders(cfg, ctx)
         for job in jobs(cfg, models):
-            outcomes.append(_run_one(job, dataset, ctx))
+            outcomes.append(_run_one(job.name, job.config.model, lambda job=job: run_model(
+                job, dataset, ctx, record=recorders.get(job.name))))
             write_results(outcomes, cfg.output_dir, table_metrics, state.suffix, state.uid)
+        if stages:
+            outcomes.append(_run_one(stages[0], "ensemble", lambda: run_ensemble(
+                cfg.ensemble, outcomes, dataset, ctx, cfg.recommend)))
         outcomes = _in_file_order(cfg, outcomes)
         comparison = Comparison.of(outcomes, table_metrics, SELECTION_METRIC)
         written = comparison.write(cfg.output_dir, state.suffix)
@@ -104,18 +112,18 @@ def jobs(cfg: PipelineConfig, models: Sequence[ModelConfig]) -> list[ModelJob]:
     ]
 
 
-def _run_one(job: ModelJob, dataset: Dataset, ctx: RunContext) -> ModelOutcome:
-    """:func:`run_model`, its failure reported as a failed outcome: one model's failure must not
+def _run_one(name: str, model: str, stage: Callable[[], ModelOutcome]) -> ModelOutcome:
+    """One model's stage, its failure reported as a failed outcome: one model's failure must not
     stop the others."""
-    print(f"── {job.name} ({job.config.model})", flush=True)
+    print(f"── {name} ({model})", flush=True)
     try:
-        return run_model(job, dataset, ctx)
+        return stage()
     except Exception as e:
         detail = str(e) if isinstance(e, RecvaeError) else f"{type(e).__name__}: {e}"
-        print(f"[{job.name}] FAILED: {detail}", file=sys.stderr, flush=True)
+        print(f"[{name}] FAILED: {detail}", file=sys.stderr, flush=True)
         if not isinstance(e, RecvaeError):
             log.debug("".join(traceback.format_exception(e)))
-        return ModelOutcome.failed(job.name, job.config.model, detail)
+        return ModelOutcome.failed(name, model, detail)
 
 
 def _tracker(
@@ -214,7 +222,7 @@ class PipelineState:
     def plan(cls, out: Path, cfg: PipelineConfig, names: list[str], resume: bool) -> PipelineState:
         """Continue the last run of ``out`` (``resume``, and it did not finish) or start one;
         :meth:`save` records it."""
-        every = [m.run_name for m in cfg.models]
+        every = [m.run_name for m in cfg.models] + ([cfg.ensemble.name] if cfg.ensemble is not None else [])
         last = read_json(out / STATE_FILE, "a pipeline state") if (out / STATE_FILE).is_file() else None
         if resume and last is not None and not last.get("finished"):
             covered = [n for n in every if n in {*last["models"], *names}]
@@ -234,9 +242,9 @@ class PipelineState:
     def suffix(self) -> str:
         return _suffix(self.models, self.all_models)
 
-    def earlier(self, running: Sequence[ModelConfig]) -> list[ModelOutcome]:
+    def earlier(self, running: Sequence[str]) -> list[ModelOutcome]:
         """Outcomes an earlier process of this run left for the models not run now."""
-        now = {m.run_name for m in running}
+        now = set(running)
         return [ModelOutcome(**o) for o in self.kept if o["run_name"] not in now]
 
     def finish(self) -> None:

@@ -123,7 +123,8 @@ def check_search(spec: SearchSpec, where: Callable[[str], str]) -> None:
 
 
 def check_driver(url: str, key: str) -> None:
-    """The storage URL's database driver can be imported (``postgresql://`` needs psycopg, SQLAlchemy 2.1's default)."""
+    """The storage URL's database driver can be imported (``postgresql://`` needs psycopg,
+    SQLAlchemy 2.1's default)."""
     from sqlalchemy.engine import make_url
 
     try:

@@ -423,6 +423,53 @@ def _(ctx: Ctx) -> list[str]:
     return pipeline(ctx, good_yaml(ctx, data=data))
 
 
+TWO_MODELS = "[{model: popularity}, {model: item-knn}]"
+
+
+@case("ensemble-unknown-member", r"pipeline\.yaml: ensemble\.members: unknown member 'nope'",
+      "expected models of this pipeline")
+def _(ctx: Ctx) -> list[str]:
+    return pipeline(ctx, good_yaml(ctx, models=TWO_MODELS, ensemble="{members: [popularity, nope]}"))
+
+
+@case("ensemble-empty-members", r"pipeline\.yaml: ensemble\.members: the list is empty")
+def _(ctx: Ctx) -> list[str]:
+    return pipeline(ctx, good_yaml(ctx, models=TWO_MODELS, ensemble="{members: []}"))
+
+
+@case("ensemble-of-one-model", r"pipeline\.yaml: ensemble\.members: an ensemble of one model", "two or more")
+def _(ctx: Ctx) -> list[str]:
+    return pipeline(ctx, good_yaml(ctx, models=TWO_MODELS, ensemble="{members: [item-knn]}"))
+
+
+@case("ensemble-negative-weight", r"pipeline\.yaml: ensemble\.weights\.popularity: expected a weight ≥ 0")
+def _(ctx: Ctx) -> list[str]:
+    return pipeline(ctx, good_yaml(ctx, models=TWO_MODELS,
+                                   ensemble="{weights: {popularity: -0.5, item-knn: 1.5}}"))
+
+
+@case("ensemble-weights-not-summing-to-1", r"pipeline\.yaml: ensemble\.weights: the weights sum to 0\.6",
+      "expected 1")
+def _(ctx: Ctx) -> list[str]:
+    return pipeline(ctx, good_yaml(ctx, models=TWO_MODELS,
+                                   ensemble="{weights: {popularity: 0.3, item-knn: 0.3}}"))
+
+
+@case("dry-run-storage-driver-missing", r"pipeline\.yaml: search\.storage: mysql://u:\*\*\*@db/optuna",
+      "driver is not installed", "PyMySQL")
+def _(ctx: Ctx) -> list[str]:
+    yaml = good_yaml(ctx, models="[{model: ease, search: {l2: {low: 1.0, high: 100.0}}}]",
+                     search="{storage: 'mysql://u:secret@db/optuna'}")
+    return [*pipeline(ctx, yaml), "--dry-run"]
+
+
+@case("dry-run-overridden-negative-trials", r"pipeline\.yaml: search\.trials: expected an integer ≥ 1, got -1")
+def _(ctx: Ctx) -> list[str]:
+    yaml = good_yaml(ctx, models="[{model: ease, trials: 3, search: {l2: {low: 1.0, high: 100.0}}}]",
+                     search="{trials: -1}")
+    return [*pipeline(ctx, yaml), "--dry-run"]
+
+
 @case("yaml-recommend-batch-size-0", r"pipeline\.yaml: recommend\.batch_size: expected a positive integer")
 def _(ctx: Ctx) -> list[str]:
     return pipeline(ctx, good_yaml(ctx, recommend="{batch_size: 0}"))

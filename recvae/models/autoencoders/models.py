@@ -77,7 +77,7 @@ PAPER_ANNEAL_FRACTION = 40_000 / (200 * 234)
 SOFTMAX = ("full", "sampled")
 
 
-@dataclass
+@dataclass(eq=False)
 class Autoencoder(Recommender):
     """fit / score / save / load and the hyper-parameters every autoencoder shares.
 
@@ -295,7 +295,7 @@ class Autoencoder(Recommender):
         return {"model": self.name, **params, "item_digest": digest, "train_nnz": int(train_rows.nnz)}
 
 
-@dataclass
+@dataclass(eq=False)
 class _LiangAutoencoder(Autoencoder):
     """The shape and regularization knobs of Liang et al.'s two models (see :class:`MultVAE`)."""
 
@@ -328,7 +328,7 @@ class _LiangAutoencoder(Autoencoder):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class MultVAE(_LiangAutoencoder):
     """Mult-VAE^PR (Liang et al. 2018): defaults are the paper's ML-20M settings, except the β
     schedule, which scales with the run.
@@ -383,7 +383,7 @@ class MultVAE(_LiangAutoencoder):
         return params
 
 
-@dataclass
+@dataclass(eq=False)
 class MultDAE(_LiangAutoencoder):
     """Mult-DAE (Liang et al. 2018): defaults are the paper's ML-20M settings.
 
@@ -411,7 +411,7 @@ class MultDAE(_LiangAutoencoder):
         return DAE(n_items, self.hidden_dims, self.activation, self.dropout)
 
 
-@dataclass
+@dataclass(eq=False)
 class RecVAE(Autoencoder):
     """RecVAE (Shenbin, Alekseev, Tutubalina, Malykh & Nikolenko, WSDM 2020): defaults are the
     paper's ML-20M settings, as the authors' ``run.py --n-epochs 50 --gamma 0.005``.
