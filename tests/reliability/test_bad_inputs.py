@@ -463,7 +463,8 @@ def _(ctx: Ctx) -> list[str]:
     return [*pipeline(ctx, yaml), "--dry-run"]
 
 
-@case("dry-run-overridden-negative-trials", r"pipeline\.yaml: search\.trials: expected an integer ≥ 1, got -1")
+@case("dry-run-overridden-negative-trials",
+      r"pipeline\.yaml: search\.trials: expected an integer ≥ 1, got -1")
 def _(ctx: Ctx) -> list[str]:
     yaml = good_yaml(ctx, models="[{model: ease, trials: 3, search: {l2: {low: 1.0, high: 100.0}}}]",
                      search="{trials: -1}")
