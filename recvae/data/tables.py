@@ -37,18 +37,15 @@ import pyarrow.dataset as ds
 import scipy.sparse as sp
 
 from recvae.data.interactions import Interactions, InteractionsBuilder, SeenBuilder
-from recvae.data.sources import (
-    TABLE_FORMATS,
+from recvae.data.sources import TABLE_FORMATS, check_options, read_source, read_table
+from recvae.data.sources.engine import (
     _clip,
     _numbers,
     _require_finite,
     _require_nonempty_ids,
-    _table_format,
     _timestamps,
-    check_options,
-    read_source,
-    read_table,
 )
+from recvae.data.sources.table import _table_format
 from recvae.errors import RecvaeError
 
 BATCH_ROWS = 1 << 20

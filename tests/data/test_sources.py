@@ -237,7 +237,7 @@ class TestNetflix:
         assert one["item"].tolist() == [2, 10]
 
     def test_many_files_in_several_batches(self, tmp_path, monkeypatch):
-        import recvae.data.sources.engine as sources
+        import recvae.data.sources.netflix as sources
 
         ts = netflix_files(tmp_path)
         original = sources._netflix_batches
