@@ -42,7 +42,7 @@ from recvae.data.sources.engine import (
     _clip,
     _numbers,
     _require_finite,
-    _require_nonempty_ids,
+    _require_text_ids,
     _timestamps,
 )
 from recvae.data.sources.table import _table_format
@@ -379,7 +379,7 @@ def _convert(
             col = col.dictionary_decode()
         if role == "id":
             if _kind(col.type) == "text":
-                _require_nonempty_ids(col, name, where)
+                _require_text_ids(col, name, where)
             out[name] = col
         elif role == "value":
             if pa.types.is_decimal(col.type):  # Spark's DECIMAL columns

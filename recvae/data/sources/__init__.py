@@ -11,6 +11,9 @@ Columns of every result, one row per interaction:
 Text is parsed by pyarrow's multithreaded CSV reader with explicit column types; nothing loops
 over lines in Python. Problems raise :class:`~recvae.errors.RecvaeError` with one line naming the
 file, the line (1-based, counting every physical line) and the column, and what was expected.
+Text must be UTF-8 (a UTF-8 byte-order mark is skipped): a UTF-16 or UTF-32 file is one error
+naming the encoding found, other bytes that are not UTF-8 one naming the line, and an id with a
+NUL byte one naming the line and the column.
 
 One module per format family, over one engine (:mod:`recvae.data.sources.engine`):
 

@@ -5,7 +5,8 @@ over lines in Python. Problems raise :class:`~recvae.errors.RecvaeError` with on
 file, the line (1-based, counting every physical line) and the column, and what was expected.
 
 - inputs: :class:`_Source` (a file, a gzip/bz2/zstd/lz4 stream or a zip member, opened afresh
-  on each pass, with the wording of its lines), the first line, the header;
+  on each pass, with the wording of its lines, refused when it starts as UTF-16 or UTF-32
+  text), the first line, the header;
 - :func:`_read_csv`: typed columns of a delimited text, and the wording of pyarrow's errors;
 - checks and conversions of parsed columns (ids, numbers, timestamps) that both the readers of
   this package and the streamed ``table`` source (:mod:`recvae.data.tables`) apply;
@@ -17,6 +18,7 @@ The names keep their leading underscore: they are this package's internals, shar
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import os
@@ -117,7 +119,7 @@ def _file_source(path: Path) -> _Source:
             what = f"corrupt or truncated {compression} data" if compression else "cannot read"
             raise RecvaeError(f"{path}: {what} ({_clip(str(e), 120)})") from None
 
-    return _Source(str(path), open_file)
+    return _require_utf8_start(_Source(str(path), open_file))
 
 
 def _zip_source(path: Path, member: str, info: zipfile.ZipInfo) -> _Source:
@@ -137,23 +139,109 @@ def _zip_source(path: Path, member: str, info: zipfile.ZipInfo) -> _Source:
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:
             raise RecvaeError(f"{path}: corrupt zip, cannot read {member} ({e})") from None
 
-    return _Source(f"{path}:{member}", open_member)
-
+    return _require_utf8_start(_Source(f"{path}:{member}", open_member))
 
 
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 def _first_line(src: _Source) -> str | None:
-    """The first line without its newline, or None for an empty file."""
+    """The first line without its newline, or None for an empty file; a first line that is not
+    UTF-8 is a RecvaeError."""
     with src.open() as f:
         head = f.read(1 << 16)
     if not head:
         return None
     # A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name;
     # pyarrow skips it in the data too.
-    head = head.removeprefix(_BOM)
-    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    line = head.removeprefix(_BOM).split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        # not final: a character cut where the 64 KiB end is no error
+        return codecs.getincrementaldecoder("utf-8")().decode(line)
+    except UnicodeDecodeError as e:
+        raise RecvaeError(_not_utf8(f"{src.label}, line 1", line[e.start : e.end])) from None
+
+
+# Byte-order marks of the encodings that are not UTF-8, longest first (UTF-32-LE's begins with
+# UTF-16-LE's), with their names as iconv spells them.
+_FOREIGN_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian)", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)", "UTF-32"),
+    (b"\xff\xfe", "UTF-16 (little-endian)", "UTF-16"),
+    (b"\xfe\xff", "UTF-16 (big-endian)", "UTF-16"),
+)
+
+
+def _require_utf8_start(src: _Source) -> _Source:
+    """``src``, unless it starts as UTF-16 or UTF-32 text (:func:`_require_utf8_head`)."""
+    with src.open() as f:
+        _require_utf8_head(src.label, f.read(1 << 12))
+    return src
+
+
+def _require_utf8_head(label: str, head: bytes) -> None:
+    """Raise a RecvaeError naming the encoding if ``head``, the first bytes of the file
+    ``label``, is UTF-16 or UTF-32 text.
+
+    pyarrow would read such a file as UTF-8 whose every other byte is NUL, and the reader's
+    error would be about a column name or an id full of NULs. Known by the byte-order mark
+    (Windows tools write one), or without one by NUL bytes at every other byte of line 1.
+    """
+    for bom, name, iconv in _FOREIGN_BOMS:
+        if head.startswith(bom):
+            raise RecvaeError(
+                f"{label}: {name} text (byte-order mark {bom.hex(' ').upper()}); {_reencode(iconv)}"
+            )
+    line = head.split(b"\n", 1)[0][:256]
+    if len(line) < 4:  # too short to tell
+        return
+    even, odd = (line[k::2].count(0) / len(line[k::2]) for k in (0, 1))
+    if even >= 0.5 and odd >= 0.5:
+        raise RecvaeError(
+            f"{label}, line 1: mostly NUL bytes, not UTF-8 text (UTF-32, or a binary file?); "
+            f"expected UTF-8 text"
+        )
+    if max(even, odd) >= 0.5:  # ASCII in UTF-16: a NUL beside every character
+        order, iconv = ("little", "UTF-16LE") if odd > even else ("big", "UTF-16BE")
+        raise RecvaeError(
+            f"{label}: UTF-16 ({order}-endian) text without a byte-order mark (a NUL byte "
+            f"beside every character of line 1); {_reencode(iconv)}"
+        )
+
+
+def _reencode(encoding: str) -> str:
+    return f"expected UTF-8: re-encode it, e.g. iconv -f {encoding} -t UTF-8"
+
+
+def _not_utf8(place: str, bad: bytes) -> str:
+    """The error of bytes ``bad`` that are not UTF-8 text, at ``place`` ("FILE, line N")."""
+    return (
+        f"{place}: not UTF-8 text (bytes {bad!r}); {_reencode('WINDOWS-1252')} if it is "
+        f"Windows or Latin-1 text"
+    )
+
+
+def _first_non_utf8(src: _Source) -> tuple[int, bytes] | None:
+    """(1-based line, the bytes) of the first bytes of ``src`` that are not UTF-8, or None.
+
+    Streams the file in blocks; used only to word an error.
+    """
+    lines = 0
+    carry = b""
+    with src.open() as f:
+        while True:
+            chunk = f.read(1 << 24)
+            buf = carry + chunk
+            carry = b""
+            try:
+                buf.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if not (chunk and e.reason == "unexpected end of data"):
+                    return lines + buf.count(b"\n", 0, e.start) + 1, buf[e.start : e.end]
+                buf, carry = buf[: e.start], buf[e.start :]  # a character cut by the block
+            lines += buf.count(b"\n")
+            if not chunk:
+                return None
 
 
 def _split_header(line: str, sep: str) -> list[str]:
@@ -251,6 +339,10 @@ def _read_csv(
 def _csv_error(src: _Source, message: str, names: list[str], what: str) -> RecvaeError:
     if "Empty CSV file" in message:
         return RecvaeError(f"{src.label}: empty file; expected lines {what}")
+    if "invalid UTF8" in message and src.line_of_record is None and (
+        found := _first_non_utf8(src)
+    ):
+        return RecvaeError(_not_utf8(f"{src.label}, line {found[0]}", found[1]))
     if m := _CONVERSION_ERROR.search(message):
         col, row, to_type, value = int(m[1]), m[2], m[3], m[4]
         place = src.place(int(row)) if row else src.label
@@ -316,11 +408,31 @@ def _require_finite(values: Any, name: str, where: Where) -> None:
         raise RecvaeError(f"{where(i)}, column {name!r}: expected a finite number, got {values[i]}")
 
 
-def _require_nonempty_ids(col: pa.ChunkedArray, name: str, where: Where) -> None:
+def _require_text_ids(col: pa.ChunkedArray | pa.Array, name: str, where: Where) -> None:
+    """Raise at the first empty id, or id with a NUL byte, of a text column (a NUL byte would
+    turn every id of the column into text, and one id into a different one)."""
     empty = pc.equal(pc.utf8_length(col), 0)
     if pc.any(empty).as_py():
         raise RecvaeError(f"{where(_first_true(empty))}, column {name!r}: empty id")
+    if not _may_hold_nul(col):
+        return
+    nul = pc.match_substring(col, "\x00")  # ~0.3 GB/s: only where a NUL may be
+    if pc.any(nul).as_py():
+        i = _first_true(nul)
+        raise RecvaeError(
+            f"{where(i)}, column {name!r}: NUL byte in the id {_clip(col[i].as_py())!r}; "
+            f"expected an integer or text id without NUL bytes"
+        )
 
+
+def _may_hold_nul(col: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether the character data of a text column (its whole buffers, which may hold more than
+    the column) has a NUL byte: one vectorised pass at memory speed."""
+    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+        data = chunk.buffers()[2]
+        if data is not None and data.size and np.frombuffer(data, dtype=np.uint8).min() == 0:
+            return True
+    return False
 
 
 # =========================================================================== columns
@@ -332,7 +444,7 @@ def _ids(col: pa.ChunkedArray, name: str, where: Where) -> pa.ChunkedArray:
         return col.cast(pa.int64())
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = col.cast(pa.string())
-        _require_nonempty_ids(col, name, where)
+        _require_text_ids(col, name, where)
         if pc.all(pc.match_substring_regex(col, _INT_ID)).as_py():
             return col.cast(pa.int64())
         return col

@@ -20,9 +20,11 @@ from recvae.data.sources.engine import (
     _existing,
     _file_source,
     _first_line,
+    _first_non_utf8,
     _first_true,
     _frame,
     _ids,
+    _not_utf8,
     _read_csv,
     _Source,
 )
@@ -119,6 +121,8 @@ def _read_id_lines(src: _Source, what: str) -> pa.ListArray:
     except pa.ArrowInvalid as e:
         if "Empty CSV file" in str(e):
             raise RecvaeError(f"{src.label}: empty file; expected {what}") from None
+        if "invalid UTF8" in str(e) and (found := _first_non_utf8(src)):
+            raise RecvaeError(_not_utf8(f"{src.label}, line {found[0]}", found[1])) from None
         raise RecvaeError(f"{src.label}: cannot read ({_clip(str(e), 200)})") from None
     # Splitting a trimmed empty line yields one empty token: drop those so empty lines are empty.
     tokens = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(lines))
@@ -128,9 +132,11 @@ def _read_id_lines(src: _Source, what: str) -> pa.ListArray:
     ok = pc.match_substring_regex(flat, _UINT_TOKEN)
     if not pc.all(ok).as_py():
         i = _first_true(pc.invert(ok))
+        token = flat[i].as_py()
+        nul = "NUL byte in the id; " if "\x00" in token else ""
         raise RecvaeError(
-            f"{src.label}, line {line_of[i] + 1}: expected {what} (non-negative integers separated "
-            f"by spaces), got {_clip(flat[i].as_py())!r}"
+            f"{src.label}, line {line_of[i] + 1}: {nul}expected {what} (non-negative integers "
+            f"separated by spaces), got {_clip(token)!r}"
         )
     offsets = np.concatenate(([0], np.cumsum(np.bincount(line_of, minlength=len(lines)))))
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pc.cast(flat, pa.int64()))

@@ -13,8 +13,8 @@ from recvae.data.sources.engine import (
     _file_source,
     _frame,
     _read_csv,
-    _require_nonempty_ids,
     _require_rows,
+    _require_text_ids,
 )
 
 
@@ -33,5 +33,5 @@ def read_msd(path: str | os.PathLike) -> pd.DataFrame:
     _require_rows(src.label, table)
     where = _csv_where(src, 0)
     for name in ("user", "song"):
-        _require_nonempty_ids(table.column(name), name, where)
+        _require_text_ids(table.column(name), name, where)
     return _frame(table.column("user"), table.column("song"), table.column("play_count"))

@@ -20,6 +20,7 @@ from recvae.data.sources.engine import (
     _frame,
     _read_csv,
     _require_finite,
+    _require_utf8_head,
     _Source,
 )
 from recvae.errors import RecvaeError
@@ -84,11 +85,14 @@ _MOVIE_LINE = re.compile(rb"(\d+):\r?")
 
 
 def _read_bytes(path: Path) -> bytes:
-    """A whole (small) file without its byte-order mark; an unreadable one is a RecvaeError."""
+    """A whole (small) file without its byte-order mark; an unreadable one, or UTF-16 / UTF-32
+    text, is a RecvaeError."""
     try:
-        return path.read_bytes().removeprefix(_BOM)
+        data = path.read_bytes()
     except OSError as e:
         raise RecvaeError(f"{path}: cannot read ({e.strerror or e})") from None
+    _require_utf8_head(str(path), data[: 1 << 12])
+    return data.removeprefix(_BOM)
 
 
 def _read_netflix_batch(files: list[Path]) -> tuple[pa.Table, np.ndarray]:

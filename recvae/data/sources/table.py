@@ -104,7 +104,6 @@ def read_table(
     return _frame(user, item, value, timestamp=ts)
 
 
-
 def _table_format(path: Path, format: str | None) -> str:
     if format is not None:
         if format not in TABLE_FORMATS:
