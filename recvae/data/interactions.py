@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from recvae.data.sources import _INT_ID  # text ids that are canonical integers become int64
+from recvae.data.sources.engine import _INT_ID  # text ids that are canonical integers become int64
 from recvae.errors import RecvaeError
 
 CHUNK = 1 << 20  # rows per pass step: temporaries of a few MB

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass
 class PreprocessConfig:
-    """Binarization and min-count filters (DESIGN.md §2)."""
+    """Binarization and min-count filters (README, "The protocol", steps 1-2)."""
 
     threshold: float | None = 3.5  # keep value > threshold; null keeps every interaction
     min_item_users: int = 0  # items with fewer users are dropped first

@@ -1,7 +1,8 @@
 """Splits into a :class:`~recvae.data.dataset.Dataset`.
 
-- ``strong_generalization``: Liang et al.'s protocol, bit-for-bit (DESIGN.md §2): disjoint
-  training / validation / test users, item vocabulary from training users, 80/20 fold-in.
+- ``strong_generalization``: Liang et al.'s protocol, bit-for-bit (README, "The protocol"):
+  disjoint training / validation / test users, item vocabulary from training users, 80/20
+  fold-in.
 - ``random_holdout``, ``temporal``, ``predefined``: weak generalization (held-out items of
   training users). A validation part is carved from each user's training rows for model
   selection, so the test set is never used to pick epochs or hyper-parameters.
@@ -56,7 +57,8 @@ def _matrix(
     """CSR of the selected rows whose item has a column (``col_of_item`` ≥ 0), and their count.
 
     With ``spend`` the keys are written over the log's own buffer (each chunk lands at or before
-    where it was read) and the matrix over the keys (:func:`~recvae.data.interactions.keys_to_csr`); the log is spent.
+    where it was read) and the matrix over the keys
+    (:func:`~recvae.data.interactions.keys_to_csr`); the log is spent.
     """
     def taken(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         p = data.pairs[lo:hi][select(lo, hi)]

@@ -37,18 +37,15 @@ import pyarrow.dataset as ds
 import scipy.sparse as sp
 
 from recvae.data.interactions import Interactions, InteractionsBuilder, SeenBuilder
-from recvae.data.sources import (
-    TABLE_FORMATS,
+from recvae.data.sources import TABLE_FORMATS, check_options, read_source, read_table
+from recvae.data.sources.engine import (
     _clip,
     _numbers,
     _require_finite,
-    _require_nonempty_ids,
-    _table_format,
+    _require_text_ids,
     _timestamps,
-    check_options,
-    read_source,
-    read_table,
 )
+from recvae.data.sources.table import _table_format
 from recvae.errors import RecvaeError
 
 BATCH_ROWS = 1 << 20
@@ -382,7 +379,7 @@ def _convert(
             col = col.dictionary_decode()
         if role == "id":
             if _kind(col.type) == "text":
-                _require_nonempty_ids(col, name, where)
+                _require_text_ids(col, name, where)
             out[name] = col
         elif role == "value":
             if pa.types.is_decimal(col.type):  # Spark's DECIMAL columns

@@ -237,7 +237,7 @@ class TestNetflix:
         assert one["item"].tolist() == [2, 10]
 
     def test_many_files_in_several_batches(self, tmp_path, monkeypatch):
-        import recvae.data.sources as sources
+        import recvae.data.sources.netflix as sources
 
         ts = netflix_files(tmp_path)
         original = sources._netflix_batches
@@ -611,3 +611,129 @@ class TestCompressedInputs:
         assert read_msd(path)["value"].tolist() == [3.0]
         with raises(r"named \.bz2 but not bzip2-compressed"):
             read_msd(write(tmp_path / "plain.txt.bz2", "u1\ts1\t3\n"))
+
+
+# =========================================================================== encodings, NUL bytes
+# One small valid input per reader: (source, file name, text), the file read as ``path``.
+TEXT_INPUTS = [
+    ("table", "events.csv", "user,item\n1,2\n3,4\n"),
+    ("movielens", "ratings.csv", ML_CSV),
+    ("movielens", "u.data", "1\t31\t2.5\t1\n"),
+    ("netflix", "combined_data_1.txt", "1:\n6,3,2005-09-06\n"),
+    ("msd", "train_triplets.txt", "u1\ts1\t3\n"),
+    ("lightgcn", "train.txt", "0 1 2\n1 2 3\n"),
+    ("lightgcn", "user_list.txt", "org_id remap_id\nalice 0\nbob 1\n"),
+    ("citeulike", "users.dat", "2 0 1\n1 3\n"),
+]
+
+
+def read_one(tmp_path: Path, source: str, name: str, data: bytes) -> pd.DataFrame:
+    """Read ``data`` as the file ``name`` of ``source`` (LightGCN: in a folder with the others)."""
+    if source != "lightgcn":
+        return read_source(source, write(tmp_path / name, data))
+    folder = lightgcn_dir(tmp_path, with_lists=False)
+    write(folder / name, data)
+    return read_source(source, folder)
+
+
+class TestEncodings:
+    """A file that is not UTF-8 is one error naming it and the encoding found, never garbage
+    column names or ids full of NUL bytes."""
+
+    @pytest.mark.parametrize("source, name, text", TEXT_INPUTS, ids=[n for _, n, _ in TEXT_INPUTS])
+    @pytest.mark.parametrize(
+        "encoding, found, iconv",
+        [("utf-16", r"UTF-16 \(little-endian\) text \(byte-order mark FF FE\)", "UTF-16"),
+         ("utf-16-be", r"UTF-16 \(big-endian\) text without a byte-order mark", "UTF-16BE"),
+         ("utf-16-le", r"UTF-16 \(little-endian\) text without a byte-order mark", "UTF-16LE"),
+         ("utf-32", r"UTF-32 \(little-endian\) text \(byte-order mark FF FE 00 00\)", "UTF-32")],
+        ids=["utf-16", "utf-16-be", "utf-16-le", "utf-32"],
+    )
+    def test_utf16_and_utf32(self, tmp_path, source, name, text, encoding, found, iconv):
+        expected = rf"expected UTF-8: re-encode it, e\.g\. iconv -f {iconv} -t UTF-8$"
+        with raises(rf"{re.escape(name)}: {found}.*; {expected}") as err:
+            read_one(tmp_path, source, name, text.encode(encoding))
+        assert_one_line(err)
+
+    def test_utf16_inside_a_zip_and_a_gzip(self, tmp_path):
+        path = tmp_path / "ml.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("ml/ratings.csv", ML_CSV.encode("utf-16"))
+        with raises(r"ml\.zip:ml/ratings\.csv: UTF-16 \(little-endian\) text"):
+            read_movielens(path)
+        with raises(r"t\.csv\.gz: UTF-16 \(little-endian\) text"):
+            read_table(write(tmp_path / "t.csv.gz", gzip.compress("user,item\n1,2\n".encode("utf-16"))))
+
+    @pytest.mark.parametrize(
+        "source, name, data, line",
+        [("table", "events.csv", "user,item\nj\xe9r\xf4me,2\n", 2),
+         ("table", "events.csv", "us\xe9r,item\n1,2\n", 1),
+         ("msd", "train_triplets.txt", "u1\ts1\t3\n\xe92\ts2\t1\n", 2),
+         ("lightgcn", "train.txt", "0 1 2\n1 \xe9 3\n", 2),
+         ("lightgcn", "user_list.txt", "org_id remap_id\nalice 0\nb\xf6b 1\n", 3),
+         ("citeulike", "users.dat", "1 0\n1 \xe9\n", 2)],
+        ids=["table-row", "table-header", "msd", "lightgcn", "user_list", "citeulike"],
+    )
+    def test_latin1_names_the_line(self, tmp_path, source, name, data, line):
+        pattern = rf"{re.escape(name)}, line {line}: not UTF-8 text \(bytes b'\\x\w\w'\); expected UTF-8"
+        with raises(pattern) as err:
+            read_one(tmp_path, source, name, data.encode("latin-1"))
+        assert_one_line(err)
+
+    def test_a_header_cut_inside_a_character_is_utf8(self, tmp_path):
+        # the header is read 64 KiB at a time: byte 65,536 falls inside an "é" (11 + 2k bytes)
+        header = "user,item,x" + "é" * 40_000
+        df = read_table(write(tmp_path / "t.csv", f"{header}\nu1,ß1,z\n"))
+        assert df["user"].tolist() == ["u1"] and df["item"].tolist() == ["ß1"]
+
+    def test_one_nul_in_a_header_is_no_encoding(self, tmp_path):
+        # binary garbage is not mistaken for UTF-16: its one NUL byte is not every other byte
+        with raises(r"t\.csv, line 1: no column 'user'"):
+            read_table(write(tmp_path / "t.csv", bytes(range(256)) * 4))
+
+
+class TestNulBytes:
+    """One NUL byte in an id is an error naming the file, the line and the column: it used to
+    turn every id of the column into text, silently."""
+
+    @pytest.mark.parametrize(
+        "name, data, where",
+        [("t.csv", b"user,item\n1,2\n3\x00,4\n5,6\n", r"t\.csv, line 3, column 'user'"),
+         ("t.tsv", b"user\titem\n1\t2\n3\t\x004\n", r"t\.tsv, line 3, column 'item'"),
+         ("t.csv.gz", gzip.compress(b"user,item\nu1,2\nu\x002,4\n"), r"t\.csv\.gz, line 3, column 'user'")],
+    )
+    def test_table(self, tmp_path, name, data, where):
+        with raises(rf"{where}: NUL byte in the id '.*\\x00.*'; expected an integer or text id "
+                    r"without NUL bytes") as err:
+            read_table(write(tmp_path / name, data))
+        assert_one_line(err)
+
+    def test_parquet(self, tmp_path):
+        path = tmp_path / "t.parquet"
+        pd.DataFrame({"user": ["a", "b\x00", "c"], "item": [1, 2, 3]}).to_parquet(path)
+        with raises(r"t\.parquet, row 2, column 'user': NUL byte in the id 'b\\x00'"):
+            read_table(path)
+
+    def test_msd_and_lightgcn_user_list(self, tmp_path):
+        with raises(r"train_triplets\.txt, line 2, column 'song': NUL byte in the id"):
+            read_msd(write(tmp_path / "train_triplets.txt", b"u1\ts1\t3\nu2\ts\x002\t1\n"))
+        root = lightgcn_dir(tmp_path / "gowalla")
+        write(root / "item_list.txt", b"org_id remap_id\nx 0\ny\x00 1\n")
+        with raises(r"item_list\.txt, line 3, column 'org_id': NUL byte in the id 'y\\x00'"):
+            read_lightgcn(root)
+
+    def test_lines_of_ids(self, tmp_path):
+        root = lightgcn_dir(tmp_path / "gowalla", with_lists=False)
+        write(root / "train.txt", b"0 1 2\n1 2\x00 3\n")
+        with raises(r"train\.txt, line 2: NUL byte in the id; expected lines 'user item item \.\.\.'"
+                    r".*got '2\\x00'"):
+            read_lightgcn(root)
+        with raises(r"users\.dat, line 2: NUL byte in the id; expected lines 'n item item"):
+            read_citeulike(write(tmp_path / "users.dat", b"2 0 1\n1 3\x00\n"))
+
+    def test_typed_readers_already_refused_them(self, tmp_path):
+        text = ML_CSV.replace("1029", "10\x0029").encode()
+        with raises(r"ratings\.csv, line 3, column 'movieId': expected an integer, got '10\\x0029'"):
+            read_movielens(write(tmp_path / "ratings.csv", text))
+        with raises(r"combined_data_1\.txt, line 2, column 'user': expected an integer"):
+            read_netflix(write(tmp_path / "combined_data_1.txt", b"1:\n6\x00,3,2005-09-06\n"))

@@ -237,6 +237,8 @@ def test_errors_name_the_part_and_the_column(log: pd.DataFrame, tmp_path: Path) 
         scan(parts("inf", [a.assign(r=[1.0, np.inf] + [1.0] * (len(a) - 2))]))
     with raises(r"part-00000\.parquet, row 5, column 'u': empty id"):
         scan(parts("empty_id", [a.assign(u=["x"] * 4 + [""] + ["x"] * (len(a) - 5))]))
+    with raises(r"part-00001\.parquet, row 3, column 'u': NUL byte in the id 'x\\x00'"):
+        scan(parts("nul_id", [a, b.assign(u=["x"] * 2 + ["x\x00"] + ["x"] * (len(b) - 3))]))
 
     folder = parts("stray", [a, b])
     (folder / "notes.md").write_text("hello")

@@ -269,6 +269,22 @@ def _(ctx: Ctx) -> list[str]:
     return ctx.ingest("lightgcn", ctx.tmp / "in" / "gowalla", "--split", "predefined")
 
 
+@case("lightgcn-nul-in-id", r"train\.txt, line 2", "NUL byte in the id", "expected lines 'user item item",
+      r"'2\\x00'")
+def _(ctx: Ctx) -> list[str]:
+    ctx.file("gowalla/train.txt", b"0 1 2\n1 2\x00 3\n")
+    ctx.file("gowalla/test.txt", "0 3\n")
+    return ctx.ingest("lightgcn", ctx.tmp / "in" / "gowalla", "--split", "predefined")
+
+
+@case("lightgcn-utf16", r"train\.txt: UTF-16 \(little-endian\) text \(byte-order mark FF FE\)",
+      "expected UTF-8: re-encode it, e.g. iconv -f UTF-16 -t UTF-8")
+def _(ctx: Ctx) -> list[str]:
+    ctx.file("gowalla/train.txt", "0 1 2\n1 2 3\n".encode("utf-16"))
+    ctx.file("gowalla/test.txt", "0 3\n")
+    return ctx.ingest("lightgcn", ctx.tmp / "in" / "gowalla", "--split", "predefined")
+
+
 # ================================================================== citeulike
 @case("citeulike-count-mismatch", r"users\.dat, line 2", "the count is 3 but the line lists 2")
 def _(ctx: Ctx) -> list[str]:
@@ -360,6 +376,23 @@ def _(ctx: Ctx) -> list[str]:
 @case("table-binary-garbage", r"events\.csv, line 1: no column 'user'")
 def _(ctx: Ctx) -> list[str]:
     return table(ctx, ctx.file("events.csv", bytes(range(256)) * 4))
+
+
+@case("table-csv-nul-in-id", r"events\.csv, line 3", "column 'user'", r"NUL byte in the id '3\\x00'",
+      "expected an integer or text id without NUL bytes")
+def _(ctx: Ctx) -> list[str]:
+    return table(ctx, ctx.file("events.csv", b"user,item\n1,2\n3\x00,4\n5,6\n"))
+
+
+@case("table-csv-utf16", r"events\.csv: UTF-16 \(little-endian\) text \(byte-order mark FF FE\)",
+      "expected UTF-8: re-encode it, e.g. iconv -f UTF-16 -t UTF-8")
+def _(ctx: Ctx) -> list[str]:
+    return table(ctx, ctx.file("events.csv", "user,item\n1,2\n3,4\n".encode("utf-16")))
+
+
+@case("table-csv-latin1", r"events\.csv, line 3: not UTF-8 text \(bytes b'\\xe9'\)", "expected UTF-8")
+def _(ctx: Ctx) -> list[str]:
+    return table(ctx, ctx.file("events.csv", "user,item\nana,2\nj\xe9r\xf4me,4\n".encode("latin-1")))
 
 
 @case("table-negative-values-without-threshold", r"events\.csv: 1 interaction\(s\) with a negative value",

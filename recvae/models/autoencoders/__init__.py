@@ -1,5 +1,6 @@
-"""The autoencoder family: networks (``nets``), the one training loop (``training``) and the
-Recommender wrappers (``models``). Imports run one way: models → training → nets → base."""
+"""The autoencoder family: networks (``nets``), the one training loop (``training``) with its
+optimizers (``optim``) and checkpoint I/O (``checkpoint``), and the Recommender wrappers
+(``models``). Imports run one way: models → training → optim, checkpoint, nets → base."""
 
 from recvae.models.autoencoders.models import (
     Autoencoder,

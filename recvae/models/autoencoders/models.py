@@ -33,6 +33,7 @@ from recvae.batching import row_batches
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
 from recvae.io import load_arrays, read_json, save_arrays
+from recvae.models.autoencoders.checkpoint import Checkpointing, load_tensors
 from recvae.models.autoencoders.nets import (
     ACTIVATIONS,
     DAE,
@@ -48,12 +49,10 @@ from recvae.models.autoencoders.nets import (
 )
 from recvae.models.autoencoders.training import (
     PRECISIONS,
-    Checkpointing,
     ElboStep,
     RecVAEStep,
     TrainConfig,
     TrainingStep,
-    load_tensors,
     torch_threads,
     train,
 )

@@ -33,13 +33,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import os
-import pickle
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,17 +51,21 @@ from recvae.batching import row_batches
 from recvae.data.dataset import Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
-from recvae.io import atomic_file, binary_sink
+from recvae.models.autoencoders.checkpoint import (
+    CHECKPOINT_FILE,  # noqa: F401 - tests/test_pipeline.py imports it from here
+    Checkpointing,
+    load_checkpoint,
+    save_checkpoint,
+)
 from recvae.models.autoencoders.nets import (
     DeviceCsr,
     RecVAEWithPrior,
     SparseRows,
     row_sparse_parameters,
 )
+from recvae.models.autoencoders.optim import MixedAdam, adam_impl
 from recvae.models.base import Callback, EpochReport
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2
 SELECTION_METRIC = "ndcg_at_100"  # model selection on validation NDCG@100, as the paper
 SCORE_BUDGET = 1 << 26  # scores (floats) per validation batch: 256 MB
 VALIDATION_METRICS = (
@@ -480,105 +480,6 @@ def _named(optimizer: torch.optim.Adam | MixedAdam, name: str) -> dict[str, torc
     return optimizer.optimizers(name) if isinstance(optimizer, MixedAdam) else {name: optimizer}
 
 
-class LazyAdam(torch.optim.Optimizer):
-    """Adam for row-sparse gradients (coalesced sparse COO, one index per touched row): the
-    moments and the weights of the touched rows are updated; the other rows, and their moments,
-    are left as they are (TF's LazyAdam, ``torch.optim.SparseAdam``'s rule).
-
-    Written here rather than using ``torch.optim.SparseAdam`` because that one costs O(n_items)
-    per step on CPU (its ``sparse_mask`` and dense-plus-sparse ``add_`` swept the whole 10^6 × 64
-    moments: ~1 s per step, against ~0.1 s for these gathers and scatters of the touched rows;
-    /tmp profile, 1 thread). ``weight_decay`` adds ``weight_decay · W`` of the touched rows to
-    their gradient (coupled L2, as Adam's).
-    """
-
-    def __init__(
-        self, params: Iterable[nn.Parameter], lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - the Optimizer signature
-        for group in self.param_groups:
-            (b1, b2), lr, eps, decay = group["betas"], group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, g = p.grad._indices()[0], p.grad._values()
-                # The layers' gradients hold each row once, in order, but autograd drops the
-                # coalesced flag: check it in O(rows) rather than sort again.
-                if not (p.grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):
-                    grad = p.grad.coalesce()
-                    rows, g = grad.indices()[0], grad.values()
-                if decay:
-                    g = g + decay * p.index_select(0, rows)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-                denom = v.sqrt_().div_(math.sqrt(1 - b2**t)).add_(eps)
-                p.index_add_(0, rows, m.div_(denom), alpha=-lr / (1 - b1**t))
-
-
-class MixedAdam:
-    """Adam with a coupled L2 penalty: torch's (fused) Adam on dense gradients, and
-    :class:`LazyAdam` on the parameters in ``sparse``, whose gradients are row-sparse.
-
-    ``l2`` is the λ of a penalty λ·Σ‖W‖² on the weight matrices (not the biases): its gradient
-    2λ·W is what Adam's coupled ``weight_decay`` adds. Large catalogues (``softmax: sampled``)
-    give the item-indexed matrices sparse gradients: dense Adam would read and write all
-    n_items rows of the weights, the gradient and both moments on every step, whatever the batch
-    touched, which at 10^6 items costs more than the step itself. Lazy Adam updates the touched
-    rows only (the untouched rows' moments do not decay), and the L2 penalty applies to them.
-
-    Example::
-
-        opt = MixedAdam(net.parameters(), lr=1e-3, l2=0.0, sparse=row_sparse_parameters(net))
-        opt.zero_grad(); loss.backward(); opt.step()
-    """
-
-    def __init__(
-        self, params: Iterable[nn.Parameter], *, lr: float, l2: float = 0.0,
-        sparse: Iterable[nn.Parameter] = (),
-    ) -> None:
-        params = list(params)
-        sparse_ids = {id(p) for p in sparse}
-        dense = [p for p in params if id(p) not in sparse_ids]
-        lazy = [p for p in params if id(p) in sparse_ids]
-        self.dense = torch.optim.Adam(
-            [{"params": [p for p in dense if p.ndim >= 2], "weight_decay": 2.0 * l2},
-             {"params": [p for p in dense if p.ndim < 2], "weight_decay": 0.0}],
-            lr=lr,
-            **adam_impl(params[0].device),
-        )
-        groups = [{"params": [p for p in lazy if p.ndim >= 2], "weight_decay": 2.0 * l2},
-                  {"params": [p for p in lazy if p.ndim < 2], "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        self.lazy = LazyAdam(groups, lr=lr) if groups else None
-
-    def optimizers(self, name: str) -> dict[str, torch.optim.Optimizer]:
-        """The torch optimizers by name, for checkpoints: ``name`` and ``name.sparse``."""
-        return {name: self.dense} | ({f"{name}.sparse": self.lazy} if self.lazy else {})
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.dense.zero_grad(set_to_none=set_to_none)
-        if self.lazy is not None:
-            self.lazy.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        self.dense.step()
-        if self.lazy is not None:
-            self.lazy.step()
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -613,22 +514,6 @@ class TrainState:
     seconds: float = 0.0
     #: the part of ``seconds`` that the checkpoint this run resumed from carried (0 afresh)
     resumed_seconds: float = 0.0
-
-
-@dataclass
-class Checkpointing:
-    """Where to checkpoint, whether to resume, and what must match to resume.
-
-    ``fingerprint`` (the model's config and data shape) must equal the checkpoint's.
-    """
-
-    directory: str | os.PathLike
-    resume: bool = False
-    fingerprint: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.directory) / CHECKPOINT_FILE
 
 
 def train(
@@ -838,102 +723,17 @@ def _mean_over_processes(metrics: dict[str, float], rows: int) -> dict[str, floa
 # --------------------------------------------------------------------------- internals
 
 
-def adam_impl(device: torch.device) -> dict[str, bool]:
-    """Adam's fused kernel (one pass over each parameter) where this torch build has it."""
-    try:
-        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return {}
-    return {"fused": True}
-
-
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-_TORCH_ZIP = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6
-
-
-def save_tensors(obj: Any, path: Path) -> None:
-    """``torch.save`` whose write errors keep their errno (a full disk is one line, not
-    torch's "unexpected pos")."""
-    with binary_sink(path) as f:
-        torch.save(obj, f)
-
-
-def load_tensors(path: Path, device: torch.device | str, expected: str) -> Any:
-    """``torch.load`` of a file :func:`save_tensors` wrote, tensors and plain containers only.
-
-    A missing, truncated or foreign file, or one holding other pickled objects (refused, never
-    run), is a RecvaeError naming ``path`` and what was ``expected``.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_TORCH_ZIP))
-    except FileNotFoundError:
-        raise RecvaeError(f"{path}: no such file; expected {expected}") from None
-    if head != _TORCH_ZIP:
-        # Older torch files and plain pickles: refused before torch looks at them.
-        raise RecvaeError(
-            f"{path}: not a PyTorch zip archive (it starts with {head!r}); expected {expected}"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:  # weights_only met something other than tensors
-        raise RecvaeError(
-            f"{path}: refused: it holds pickled Python objects beyond tensors, which recvae never "
-            f"loads; expected {expected}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's damaged-archive errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecvaeError(f"{path}: cannot read ({first[:160]}); expected {expected}") from None
-
-
 def _save(checkpoint: Checkpointing, step: TrainingStep, state: TrainState) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "fingerprint": checkpoint.fingerprint,
-        "state": asdict(state),
-        "net": step.net.state_dict(),
-        "optimizers": {k: opt.state_dict() for k, opt in step.optimizers().items()},
-    }
-    with atomic_file(checkpoint.path) as tmp:
-        save_tensors(payload, tmp)
+    """Checkpoint the step's network and optimizers with ``state`` (rank 0, after each epoch)."""
+    save_checkpoint(checkpoint, step.net, step.optimizers(), asdict(state))
 
 
 def _restore(
     checkpoint: Checkpointing, step: TrainingStep, device: torch.device, name: str
 ) -> TrainState:
-    path = checkpoint.path
-    ckpt = load_tensors(path, device, "a recvae training checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RecvaeError(
-            f"{path}: not a recvae training checkpoint of format {CHECKPOINT_FORMAT}; "
-            "remove it or use another checkpoint directory"
-        )
-    saved, fingerprint = ckpt["fingerprint"], checkpoint.fingerprint
-    if saved.get("n_items") != fingerprint["n_items"] or saved.get(
-        "item_digest"
-    ) != fingerprint.get("item_digest"):
-        raise RecvaeError(
-            f"{path}: checkpoint was trained on {saved.get('n_items')} items, this data has "
-            f"{fingerprint['n_items']} (or a different item vocabulary); use another checkpoint_dir"
-        )
-    diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-    if diff:
-        pairs = ", ".join(f"{k}: {saved.get(k)!r} → {fingerprint.get(k)!r}" for k in diff)
-        raise RecvaeError(f"{path}: {name} checkpoint does not match this run ({pairs})")
-    optimizers = step.optimizers()
-    if set(ckpt["optimizers"]) != set(optimizers):
-        raise RecvaeError(f"{path}: checkpoint's optimizers do not match {name}'s")
-    step.net.load_state_dict(ckpt["net"])
-    for key, opt in optimizers.items():
-        opt.load_state_dict(ckpt["optimizers"][key])
-    saved_state = dict(ckpt["state"])
-    if "seconds" not in saved_state:  # written before the count existed: the epochs' own times
-        saved_state["seconds"] = sum(
-            h.get("epoch_seconds", 0.0) + h.get("val_seconds", 0.0) for h in saved_state["history"]
-        )
-    return TrainState(**saved_state)
+    """Load the checkpoint into the step's network and optimizers; the state to resume from."""
+    return TrainState(**load_checkpoint(checkpoint, step.net, step.optimizers(), device, name))

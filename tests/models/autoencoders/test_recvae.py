@@ -18,6 +18,7 @@ from recvae.errors import RecvaeError
 from recvae.io import load_arrays
 from recvae.models import load_model, model_class
 from recvae.models.autoencoders import RecVAE
+from recvae.models.autoencoders.checkpoint import CHECKPOINT_FILE
 from recvae.models.autoencoders.nets import (
     CompositePrior,
     RecVAENet,
@@ -26,7 +27,6 @@ from recvae.models.autoencoders.nets import (
     init_fan_in_uniform,
 )
 from recvae.models.autoencoders.training import (
-    CHECKPOINT_FILE,
     Epoch,
     RecVAEStep,
     TrainConfig,

@@ -12,6 +12,7 @@ import torch
 
 from recvae.errors import RecvaeError
 from recvae.models import load_model
+from recvae.models.autoencoders.checkpoint import CHECKPOINT_FILE
 from recvae.models.autoencoders.models import Autoencoder, MultDAE, MultVAE, RecVAE
 from recvae.models.autoencoders.nets import (
     VAE,
@@ -22,7 +23,7 @@ from recvae.models.autoencoders.nets import (
     row_sparse_parameters,
     set_softmax,
 )
-from recvae.models.autoencoders.training import CHECKPOINT_FILE, MixedAdam
+from recvae.models.autoencoders.optim import MixedAdam
 from tests.helpers import rows_csr
 from tests.models.autoencoders.test_vae import make_dataset
 

@@ -14,9 +14,10 @@ import recvae.models.autoencoders.training as training
 from recvae.data.dataset import Dataset, Part
 from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
+from recvae.models.autoencoders.checkpoint import CHECKPOINT_FILE
 from recvae.models.autoencoders.models import MultDAE, MultVAE
 from recvae.models.autoencoders.nets import VAE, SparseRows
-from recvae.models.autoencoders.training import CHECKPOINT_FILE, epoch_seeds, kl_weight
+from recvae.models.autoencoders.training import epoch_seeds, kl_weight
 from recvae.models.base import EpochReport
 from tests.helpers import random_dataset
 
