@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -56,6 +57,7 @@ from recvae.search.study import (
     count_trials,
     decode_params,
     default_storage,
+    enqueue_first,
     fail_dead_trials,
     fingerprint_of,
     grid_size,
@@ -147,6 +149,9 @@ def _search(
         say=lambda line: say(f"[{mc.run_name}] {line}"),
     )
     _close_dead(study, storage, tracker, mc.run_name, say)
+    if not study.get_trials(deepcopy=False) and spec.sampler.name != "grid":
+        for values in enqueue_first(study, spec, _first_points(mc, spec)):
+            say(f"[{mc.run_name}] queued first: {_show(values)}")
 
     budget = spec.trials
     points = grid_size(spec)
@@ -157,9 +162,9 @@ def _search(
     say(f"[{mc.run_name}] study {study_name!r} in {masked(url)}: {counts.done}/{budget} trials done"
         + (f", {counts.running} running elsewhere" if counts.running else ""))
 
-    run = _TrialRunner(mc, dataset, spec, storage=storage, ctx=ctx,
-                       keep_dir=work if keep_best else None, say=say)
     deadline = t0 + spec.timeout_minutes * 60 if spec.timeout_minutes else None
+    run = _TrialRunner(mc, dataset, spec, storage=storage, ctx=ctx,
+                       keep_dir=work if keep_best else None, say=say, deadline=deadline)
     timed_out, waiting, here = False, False, 0
     while True:
         counts = count_trials(study)
@@ -221,9 +226,10 @@ class _TrialRunner:
     def __init__(
         self, mc: ModelConfig, dataset: Dataset, spec: SearchSpec, *,
         storage: optuna.storages.BaseStorage, ctx: RunContext, keep_dir: Path | None,
-        say: Callable[[str], None],
+        say: Callable[[str], None], deadline: float | None = None,
     ) -> None:
         self.mc, self.dataset, self.spec, self.storage = mc, dataset, spec, storage
+        self.deadline = deadline  # timeout_minutes, as a time.perf_counter() value
         self.ctx, self.tracker, self.keep_dir, self.say = ctx, ctx.tracker, keep_dir, say
         self.ks = tuple(sorted(set(ctx.ks) | {100}))  # the objective is NDCG@100 whatever the table shows
 
@@ -268,7 +274,8 @@ class _TrialRunner:
         with self.tracker.start_trial(trial.number, params={"model": model.params()}) as trial_run:
             if trial_run.run_id is not None:
                 trial.set_user_attr(ATTR_RUN_ID, trial_run.run_id)
-            callbacks = [print_epoch(label), self.tracker.epoch_callback(), _record(curve), _pruning(trial)]
+            callbacks = [print_epoch(label), self.tracker.epoch_callback(), _record(curve), _pruning(trial),
+                         _timeout(self.deadline)]
             t0 = time.perf_counter()
             try:
                 model.fit(self.dataset, callbacks=callbacks, show_progress=self.ctx.show_progress)
@@ -341,6 +348,30 @@ def _pruning(trial: optuna.Trial) -> Callback:
             raise optuna.TrialPruned(f"val NDCG@100 {value:.4f} at epoch {report.epoch}")
 
     return on_epoch
+
+
+def _timeout(deadline: float | None) -> Callback:
+    """Prunes the trial at the first epoch that ends past ``deadline`` (``timeout_minutes``):
+    a search never overruns its budget by more than one epoch. A model fitted in one go (its
+    only report has no validation metric) is let finish."""
+
+    def on_epoch(report: EpochReport) -> None:
+        if deadline is not None and SELECTION_METRIC in report.metrics and time.perf_counter() >= deadline:
+            raise optuna.TrialPruned(f"timeout_minutes reached at epoch {report.epoch}")
+
+    return on_epoch
+
+
+def _first_points(mc: ModelConfig, spec: SearchSpec) -> list[dict[str, Any]]:
+    """The block's own values of the searched parameters (the model's defaults where the block
+    gives none), then the model's defaults where they differ: the search starts from them."""
+    from recvae.models import model_class
+
+    defaults = {f.name: f.default for f in dataclasses.fields(model_class(mc.model))
+                if f.init and f.default is not dataclasses.MISSING}
+    own = {name: mc.params.get(name, defaults.get(name)) for name in spec.space}
+    plain = {name: defaults.get(name) for name in spec.space}
+    return [p for p in (own, plain) if None not in p.values()][: 1 if own == plain else 2]
 
 
 def _record(curve: list[dict[str, float]]) -> Callback:

@@ -325,6 +325,29 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
         self._inner.reseed_rng()
 
 
+def enqueue_first(
+    study: optuna.Study, spec: SearchSpec, points: Sequence[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Queue ``points`` (model values of the searched parameters) as the study's first trials,
+    before any sampled one; returns what was queued. A value outside its range is moved to the
+    nearest bound (e.g. no weight decay → the range's smallest), a choice the space does not
+    hold is left to the sampler; a point already queued or tried is not queued again."""
+    queued = []
+    for point in points:
+        params: dict[str, Any] = {}
+        for name, value in point.items():
+            p = spec.space[name]
+            if isinstance(p, Choice):
+                if value in p.values:
+                    params[name] = p.categories()[p.values.index(value)]
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                params[name] = type(p.low)(min(max(value, p.low), p.high))
+        if params and params not in queued:
+            study.enqueue_trial(params, skip_if_exists=True)
+            queued.append(params)
+    return [decode_params(spec, q) for q in queued]
+
+
 def suggest(trial: optuna.Trial, name: str, param: FloatRange | IntRange | Choice) -> Any:
     """Draw ``name`` from ``param`` for ``trial``; the value as the model takes it."""
     if isinstance(param, Choice):

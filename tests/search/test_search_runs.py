@@ -4,6 +4,7 @@ marked, the best params in the final model, the test set scored once, studies th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -297,3 +298,44 @@ def test_trials_draw_from_the_seed_and_their_number() -> None:
     b = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler(spec))
     joined = _draws(b, 1)
     assert joined[:3] == first[:3] and not np.isclose(joined[2], first[:2]).any()
+
+
+def test_the_blocks_own_point_and_the_defaults_run_first(
+    tmp_path: Path, write_pipeline: Callable[..., Path],
+) -> None:
+    """A study starts from the block's own values, then the model's defaults: a search cannot
+    end below either (here both outside the random draws)."""
+    block = {"model": "ease", "params": {"l2": 3.0}, "trials": 3, "sampler": "random",
+             "search": {"l2": {"low": 1.0, "high": 1.0e4, "log": True}}}
+    outcome, = run_pipeline(load_config(write_pipeline([block])), show_progress=False)
+    assert outcome.ok, outcome.error
+    trials = sorted(_study(tmp_path, "ease").trials, key=lambda t: t.number)
+    assert [t.params["l2"] for t in trials[:2]] == [3.0, 500.0]  # queued, in that order: EASE's λ 500
+    assert trials[0].system_attrs.get("fixed_params") == {"l2": 3.0}
+    assert "fixed_params" not in trials[2].system_attrs  # then the sampler
+
+
+def test_timeout_minutes_prunes_a_long_trial_at_an_epoch_boundary(
+    tmp_path: Path, write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first trial starts within the budget (12 s) and its first epoch ends past it (it
+    takes 15 s here): the trial is pruned there, not after its 50 epochs."""
+    real = MultDAE.fit
+
+    def slow_first_epoch(self, dataset, *, callbacks=(), **kwargs):  # noqa: ANN001, ANN003, ANN202
+        def wait(report) -> None:  # noqa: ANN001
+            if report.epoch == 1:
+                time.sleep(15)
+        return real(self, dataset, callbacks=[wait, *callbacks], **kwargs)
+
+    monkeypatch.setattr(MultDAE, "fit", slow_first_epoch)
+    block = {"model": "mult-dae", "params": {"epochs": 50, "batch_size": 100}, "trials": 5,
+             "search": {"lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True}}, "timeout_minutes": 0.2}
+    outcome, = run_pipeline(load_config(write_pipeline([block])), show_progress=False)
+    study = _study(tmp_path, "mult-dae")
+    (trial,) = study.trials  # one trial: the search stopped with it
+    assert trial.state.name == "PRUNED" and max(trial.intermediate_values) == 1  # after epoch 1
+    out = capsys.readouterr().out
+    assert "PRUNED (timeout_minutes reached at epoch 1)" in out and "timeout_minutes reached after 1" in out
+    assert not outcome.ok and "no trial completed (1 pruned" in outcome.error
