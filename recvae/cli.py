@@ -306,7 +306,9 @@ def _ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
     command for the store and the URL it will serve."""
     from recvae.tracking import resolve_tracking_uri
 
-    page = f"/#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""
+    # the run's Overview (a pipeline's: the ranked comparison), in MLflow's model-training view
+    page = (f"/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+            if experiment_id and run_id else "")
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/") + page
     command = "recvae ui" if uri == resolve_tracking_uri(None) else f"recvae ui --tracking-uri {uri}"

@@ -1,9 +1,14 @@
 """The MLflow UI shows what a user comes for, checked in headless Chromium as a user would:
 
+- the experiment opens in MLflow's model-training view (not the GenAI one), at the link a run
+  prints;
+- that link lands on the pipeline run's Overview: the verdict (the model selected on validation,
+  the one leading on test) and the models ranked, one row each;
 - the runs page: the pipeline run with one child run per model (collapsed under it), with
   ``test/ndcg_at_100``;
-- the pipeline run: the comparison table, one row per model, best on validation first;
-- the chart view: a ``test/ndcg_at_100`` chart with one bar per model;
+- the pipeline run's artifacts: the comparison table, one row per model, best on validation first;
+- the chart view: its first chart is a test metric with one labelled bar per model; a
+  ``test/ndcg_at_100`` chart with one bar per model;
 - a logged model's page: named after its model, with its test metrics on the test data.
 
 Builds the store with the real quickstart pipeline (``pipelines/quickstart.yaml``, every model,
@@ -161,6 +166,49 @@ def open_runs(page: Any, url: str, info: dict) -> None:
         page.locator(f"a[href$='/runs/{run_id}']").first.wait_for()
 
 
+def printed_link(url: str, info: dict) -> str:
+    """The ``open it:`` link that ``recvae run`` prints for this pipeline run."""
+    from recvae.cli import _ui_hint
+
+    return _ui_hint(url, info["experiment_id"], info["parent"])
+
+
+def test_experiment_opens_in_the_model_training_view(served_store: tuple[str, dict], page: Any) -> None:
+    from mlflow.tracking import MlflowClient
+
+    url, info = served_store
+    tags = MlflowClient(url).get_experiment(info["experiment_id"]).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    page.goto(f"{url}/#/experiments/{info['experiment_id']}/runs?workflowType=machine_learning")
+    page.locator("[role=row]", has_text=str(info["parent_name"])).first.wait_for()
+    close_assistant(page)
+    nav = page.get_by_role("link", name="Runs")
+    assert nav.count() and page.get_by_text("Model training").count()
+    for genai in ("Judges", "Agent versions", "Send your first trace"):  # the GenAI view's
+        assert page.get_by_text(genai).count() == 0, genai
+    screenshot(page, "experiment.png")
+
+
+def test_printed_link_lands_on_the_ranked_comparison(served_store: tuple[str, dict], page: Any) -> None:
+    url, info = served_store
+    page.goto(printed_link(url, info))
+    page.get_by_text("Selected on validation").first.wait_for()
+    close_assistant(page)
+    more = page.get_by_text("Show more")
+    if more.count():
+        more.first.click()
+    verdict = page.get_by_text("Selected on validation").first.inner_text()
+    assert f"Selected on validation (val/ndcg_at_100): {info['best']}" in verdict, verdict
+    table = page.locator("table", has_text="val/ndcg_at_100").first
+    table.wait_for()
+    rows = table.locator("tbody tr")
+    names = [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(rows.count())]
+    assert sorted(names) == sorted(info["children"]), names  # one row per model
+    assert names[0] == info["best"]  # ranked as selected, on validation
+    assert page.get_by_text("Model training").count() and page.get_by_text("Judges").count() == 0
+    screenshot(page, "pipeline_overview.png")
+
+
 def test_runs_page_shows_one_run_per_model_with_ndcg(served_store: tuple[str, dict], page: Any) -> None:
     url, info = served_store
     open_runs(page, url, info)
@@ -212,6 +260,13 @@ def test_chart_view_has_one_bar_per_model(served_store: tuple[str, dict], page: 
     cards = page.locator("[data-testid=experiment-view-compare-runs-card]")
     cards.first.wait_for()  # the view is up: a search typed earlier would be dropped
     close_assistant(page)
+    first = cards.first
+    first.locator("g.trace.bars g.point path").nth(len(info["children"]) - 1).wait_for()
+    title = first.inner_text().split("\n")[0]
+    assert title.startswith("test/"), title  # the models' test metrics come first, not the pipeline's
+    assert first.locator("g.trace.bars g.point path").count() == len(info["children"])
+    assert set(info["children"]) <= set(first.inner_text().split("\n"))  # each bar labelled
+    screenshot(page, "chart_view_first.png")
     search = page.get_by_placeholder("Search metric charts")
     search.fill(METRIC)
     assert search.input_value() == METRIC

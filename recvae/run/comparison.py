@@ -100,6 +100,58 @@ class Comparison:
                 out[c].append(value)
         return out
 
+    @property
+    def headline(self) -> str | None:
+        """The test metric a verdict is told in: the selection metric's own, else the last."""
+        same = "test/" + self.selection.split("/", 1)[1]
+        return same if same in self.test_metrics else (self.test_metrics[-1] if self.test_metrics else None)
+
+    def verdict(self) -> str:
+        """In words: the model selected on validation, and which leads on test and by how much
+        (in the headline metric, with the standard errors)."""
+        if self.best is None:
+            return "No model finished: nothing was selected."
+        ok = [r for r in self.rows if r["status"] == "ok"]
+        chosen = next(r for r in ok if r["model"] == self.best.run_name)
+        text = (f"Selected on validation ({self.selection}): **{chosen['model']}** "
+                f"({_num(chosen[self.selection])}).")
+        metric = self.headline
+        scored = [r for r in ok if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
+        if metric is None or chosen not in scored:
+            return text
+        leader = max(scored, key=lambda r: r[metric])
+        if leader is chosen:
+            others = [r for r in scored if r is not chosen]
+            runner = max(others, key=lambda r: r[metric]) if others else None
+            gap = f", {_gap(chosen, runner, metric)} ahead of {runner['model']}" if runner else ""
+            return text + f" It also leads on test ({metric}: {_cell(chosen, metric)}{gap})."
+        return (text + f" On test ({metric}) **{leader['model']}** leads: {_cell(leader, metric)} against "
+                f"{_cell(chosen, metric)}, {_gap(leader, chosen, metric)} ahead.")
+
+    def overview(self, heading: str) -> str:
+        """The pipeline run's description (its Overview page): the verdict, then the models ranked
+        as selected, with the validation metric, the test metrics ± SE, the gap to the selected
+        model in the headline metric, and seconds."""
+        metric = self.headline
+        head = ["rank", "model", self.selection, *(m.split("/", 1)[1] for m in self.test_metrics)]
+        head += ([f"Δ {metric.split('/', 1)[1]}"] if metric else []) + ["fit s", "status"]
+        rule = "|" + "|".join(["---:", "---"] + ["---:"] * (len(head) - 3) + ["---"]) + "|"
+        lines = [self.verdict(), "", "| " + " | ".join(head) + " |", rule]
+        best = self.best.run_name if self.best is not None else None
+        chosen = next((r for r in self.rows if r["model"] == best), None)
+        for rank, row in enumerate(self.rows, 1):
+            name = f"**{row['model']}**" if row is chosen else row["model"]
+            cells = [str(rank), name, _num(row[self.selection]), *(_cell(row, m) for m in self.test_metrics)]
+            if metric:
+                both = chosen is not None and _finite(row, metric) and _finite(chosen, metric)
+                delta = row[metric] - chosen[metric] if both else None
+                cells.append("-" if delta is None else f"{delta:+.4f}")
+            fit = row["time/fit_seconds"]
+            cells += [f"{fit:.1f}" if isinstance(fit, float) else "-", row["status"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"{heading}: {self.title}."]
+        return "\n".join(lines) + "\n"
+
     def markdown(self) -> str:
         """A Markdown table: ``mean ± SE`` cells, the best model in bold."""
         head = ["model", self.selection, *(m.split("/", 1)[1] for m in self.test_metrics),
@@ -152,21 +204,20 @@ class Comparison:
 
 def log_comparison(
     tracker: Tracker, comparison: Comparison, outcomes: Sequence[ModelOutcome], *, register: bool,
-    registered_name: str,
+    registered_name: str, heading: str = "Models compared",
 ) -> None:
-    """On the open pipeline run: the comparison as a table (``comparison.json``), the best
-    model's validation and test metrics (``best/...``) and the number of models
-    (``pipeline/models``, ``pipeline/failed``) so the runs list shows them; the best model on
-    validation tagged ``recvae.best_model`` on the pipeline run and on its own run; with
-    ``register``, the registry alias ``champion`` on its version."""
+    """On the open pipeline run: the comparison as its description (the run's Overview page:
+    the verdict and the ranked table, under ``heading``) and as a table (``comparison.json``),
+    the number of models and failures as tags; the best model on validation tagged
+    ``recvae.best_model`` on the pipeline run and on its own run; with ``register``, the registry
+    alias ``champion`` on its version. No metrics: the chart view's first section is then the
+    models' test metrics, not the pipeline's own."""
     tracker.log_table(comparison.table(), TABLE_ARTIFACT)
-    metrics = {"pipeline/models": sum(o.ok for o in outcomes),
-               "pipeline/failed": sum(not o.ok for o in outcomes)}
+    tracker.set_tags({"mlflow.note.content": comparison.overview(heading),
+                      "recvae.models": str(sum(o.ok for o in outcomes)),
+                      "recvae.failed": str(sum(not o.ok for o in outcomes))})
     best = comparison.best
     if best is not None:
-        for key in (comparison.selection, *comparison.test_metrics):
-            if key in best.metrics:
-                metrics[f"best/{key}"] = best.metrics[key]
         tracker.set_tags({"recvae.best_model": best.run_name,
                           "recvae.selection_metric": comparison.selection})
         run = tracker.model_run(best.run_name)
@@ -174,7 +225,26 @@ def log_comparison(
             tracker.set_tags({"recvae.best_model": "true"}, run=run)
             if register:
                 tracker.set_model_alias(registered_name, CHAMPION_ALIAS, run=run)
-    tracker.log_metrics(metrics)
+
+
+def _finite(row: dict[str, Any], key: str) -> bool:
+    value = row.get(key)
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    """``0.3109 ± 0.0251``."""
+    se = row.get(f"{metric}_stderr")
+    return _num(row.get(metric)) + (f" ± {_num(se)}" if _num(se) != "-" else "")
+
+
+def _gap(a: dict[str, Any], b: dict[str, Any], metric: str) -> str:
+    """``+0.0168 (0.5 standard errors)``: ``a`` less ``b`` in ``metric``, in units of the larger
+    standard error of the two."""
+    gap = a[metric] - b[metric]
+    ses = [se for se in (a.get(f"{metric}_stderr"), b.get(f"{metric}_stderr"))
+           if isinstance(se, float) and math.isfinite(se) and se > 0]
+    return f"{gap:+.4f}" + (f" ({gap / max(ses):.1f} standard errors)" if ses else "")
 
 
 def _num(value: Any) -> str:

@@ -65,7 +65,7 @@ def run_model(
                                 score_seconds=fitted.score_seconds + test_seconds)
         refit_epochs = fitted.selected_epoch if job.refit else None
         if refit_epochs is not None:
-            ctx.tracker.log_final({"refit/epochs": float(refit_epochs)})
+            ctx.tracker.log_final({"train/refit_epochs": float(refit_epochs)})
         model_id = log_model(ctx, model, dataset, model_dir, test, log=job.log, register=job.register)
         recommend = job.recommend if job.recommend is not None and job.recommend.enabled else None
         topk = export_topk(model, dataset, job.name, recommend, ctx) if recommend else None

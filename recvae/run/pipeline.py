@@ -159,7 +159,9 @@ def _log_comparison(
     if register:
         from recvae.tracking import registered_model_name  # MLflow only where a model is registered
 
-    log_comparison(tracker, comparison, outcomes, register=register,
+    protocol = dataset.summary()["protocol"]
+    heading = f"{cfg.name}: {len(outcomes)} models on {cfg.data.dataset_name} ({protocol} generalization)"
+    log_comparison(tracker, comparison, outcomes, register=register, heading=heading,
                    registered_name=registered_model_name(dataset) if register else "")
 
 

@@ -142,6 +142,11 @@ def open_store(uri: str) -> MlflowClient:
     return client
 
 
+#: MLflow 3's experiment kind: the UI opens a ``custom_model_development`` experiment in its
+#: model-training view (runs, charts, models) instead of the GenAI one (traces, judges, prompts)
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(
     client: MlflowClient, uri: str, name: str, artifact_location: str | None = None
 ) -> str:
@@ -154,7 +159,8 @@ def ensure_experiment(
         if found is None:
             try:
                 return client.create_experiment(
-                    name, artifact_location=artifact_location or default_artifact_location(uri, name)
+                    name, artifact_location=artifact_location or default_artifact_location(uri, name),
+                    tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING},
                 )
             except MlflowException as e:  # created meanwhile by a pipeline on another host
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -167,6 +173,8 @@ def ensure_experiment(
             f"MLflow experiment {name!r} in {uri} is deleted; restore it with `mlflow experiments "
             "restore` or choose another with tracking.experiment"
         )
+    if EXPERIMENT_KIND_TAG not in found.tags:  # made before recvae set it: a kind chosen in the UI stays
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return found.experiment_id
 
 
