@@ -310,6 +310,8 @@ class _LiangAutoencoder(Autoencoder):
         check_real(self, "weight_decay", low=0.0)
         check_choice(self, "activation", ACTIVATIONS)
 
+    _variational: ClassVar[bool] = False  # Mult-VAE's loss has a KL term, Mult-DAE's none
+
     def _kl_schedule(self, n_train_users: int) -> tuple[float, int]:
         """(anneal_cap, total_anneal_steps); no KL term by default."""
         return 0.0, 0
@@ -324,6 +326,7 @@ class _LiangAutoencoder(Autoencoder):
             # The reference adds 2·λ·Σ‖W‖²/2 (tf's l2_loss halves) with λ = 0.01/batch_size
             # to the batch-mean loss: a per-user coefficient spread over the batch.
             l2=self.weight_decay / self.batch_size,
+            variational=self._variational,
         )
 
 
@@ -365,6 +368,8 @@ class MultVAE(_LiangAutoencoder):
 
     def _build_net(self, n_items: int) -> nn.Module:
         return VAE(n_items, self.hidden_dims, self.latent_dim, self.activation, self.dropout)
+
+    _variational: ClassVar[bool] = True
 
     def _kl_schedule(self, n_train_users: int) -> tuple[float, int]:
         self.total_anneal_steps_ = resolve_anneal_steps(

@@ -322,9 +322,10 @@ class ElboStep:
 
     def __init__(
         self, net: torch.nn.Module, *, lr: float = 1e-3, anneal_cap: float = 0.0,
-        total_anneal_steps: int = 0, l2: float = 0.0,
+        total_anneal_steps: int = 0, l2: float = 0.0, variational: bool = True,
     ) -> None:
         self.net = net
+        self.variational = variational  # False (Mult-DAE): no KL term, so no kl or β to report
         self.anneal_cap, self.total_anneal_steps, self.l2 = anneal_cap, total_anneal_steps, l2
         self.weights = [p for p in net.parameters() if p.ndim >= 2]
         self.optimizer = MixedAdam(net.parameters(), lr=lr, l2=l2, sparse=row_sparse_parameters(net))
@@ -353,12 +354,9 @@ class ElboStep:
             # Accumulated on the device: no host synchronisation per batch on GPUs.
             sums += torch.stack([nll.detach(), kl.detach(), b * kl.detach()]).double() * x.n_rows
         nll_mean, kl_mean, beta_kl_mean = (sums / max(n, 1)).tolist()
-        metrics = {
-            "train/loss": nll_mean + beta_kl_mean,
-            "train/nll": nll_mean,
-            "train/kl": kl_mean,
-            "train/beta": self.beta(state.steps - 1),
-        }
+        metrics = {"train/loss": nll_mean + beta_kl_mean, "train/nll": nll_mean}
+        if self.variational:
+            metrics.update({"train/kl": kl_mean, "train/beta": self.beta(state.steps - 1)})
         if self.l2:
             metrics["train/l2_penalty"] = self.l2 * sum(
                 float(w.detach().square().sum()) for w in self.weights
