@@ -410,3 +410,11 @@ def test_the_digest_depends_on_content_only():
     y = x.copy()
     y.data[0] = 2.0
     assert digest_csr(y) != digest_csr(x)
+
+
+def test_search_default_has_a_space_for_each_filter():
+    from recvae.search.spaces import DEFAULT_SPACES
+
+    assert {"alpha", "k"} <= set(DEFAULT_SPACES["gf-cf"])
+    assert {"sharpen_time", "idl_beta", "factor_dim"} <= set(DEFAULT_SPACES["bspm"])
+    assert {"phi", "alpha", "beta", "eta"} <= set(DEFAULT_SPACES["chebycf"])
