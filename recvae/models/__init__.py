@@ -22,6 +22,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "bpr": ("recvae.models.implicit_models", "BPR"),
     "item-knn": ("recvae.models.implicit_models", "ItemKNN"),
     "popularity": ("recvae.models.popularity", "Popularity"),
+    "gf-cf": ("recvae.models.filters.models", "GFCF"),
+    "bspm": ("recvae.models.filters.models", "BSPM"),
+    "chebycf": ("recvae.models.filters.models", "ChebyCF"),
     "ensemble": ("recvae.models.ensemble", "Ensemble"),
 }
 

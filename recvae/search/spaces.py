@@ -67,4 +67,25 @@ DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "k": {"low": 10, "high": 1000, "log": True},
         "similarity": {"choices": ["cosine", "bm25"]},
     },
+    # Graph filters (recvae/models/filters): the ideal pass's weight and rank, BSPM's sharpening
+    # time, ChebyCF's flatness φ and degree power β (on a grid: trials then repeat the values the
+    # caches are keyed by). Their trials share the SVD of each rank, and trials that change only
+    # GF-CF's α or ChebyCF's φ and α re-weight cached bases (where they fit). The authors'
+    # settings: GF-CF α = 0.3, k = 256; BSPM T_s 1.2–2.5, β_idl 0.2, 384–448 vectors; ChebyCF
+    # φ 1.5–15, α 0.1–0.2, β 0–0.4, η 256–512.
+    "gf-cf": {
+        "alpha": {"low": 0.0, "high": 1.0},
+        "k": {"choices": [128, 256, 512]},
+    },
+    "bspm": {
+        "sharpen_time": {"low": 0.5, "high": 5.0},
+        "idl_beta": {"low": 0.0, "high": 1.0},
+        "factor_dim": {"choices": [256, 448, 512]},
+    },
+    "chebycf": {
+        "phi": {"low": 0.5, "high": 20.0, "log": True},
+        "alpha": {"low": 0.0, "high": 0.5},
+        "beta": {"low": 0.0, "high": 0.6, "step": 0.1},
+        "eta": {"choices": [256, 512]},
+    },
 }
