@@ -63,7 +63,7 @@ BASIS_CACHE = ArrayCache(max_bytes=1 << 30)
 SOLVERS = ("euler", "rk4")
 
 
-@dataclass
+@dataclass(eq=False)
 class GraphFilter(Recommender):
     """Base of the graph filters: fit (R̃, degrees, V), the batched scorer, save and load.
 
@@ -175,7 +175,7 @@ class GraphFilter(Recommender):
         return (v @ projected) * g.degree_power(power)
 
 
-@dataclass
+@dataclass(eq=False)
 class LinearGraphFilter(GraphFilter):
     """A filter that is a fixed sum of bases: scores = post(Σ_j c_j · basis_j(x)), where the bases
     depend only on :meth:`_basis_key`'s hyper-parameters and c_j on the others.
@@ -225,7 +225,7 @@ class LinearGraphFilter(GraphFilter):
         return self._post(combined)
 
 
-@dataclass
+@dataclass(eq=False)
 class GFCF(LinearGraphFilter):
     """GF-CF (Shen et al., CIKM 2021): s = r P + α · r D^{-1/2} V Vᵀ D^{1/2}.
 
@@ -260,7 +260,7 @@ class GFCF(LinearGraphFilter):
             yield self._ideal(x, 0.5)
 
 
-@dataclass
+@dataclass(eq=False)
 class BSPM(GraphFilter):
     """BSPM (Choi et al., SIGIR 2023): blur, then sharpen, with the ideal part merged in.
 
@@ -341,7 +341,7 @@ class BSPM(GraphFilter):
         return y
 
 
-@dataclass
+@dataclass(eq=False)
 class ChebyCF(LinearGraphFilter):
     """ChebyCF (Kim et al., SIGIR 2025): a Chebyshev interpolant of a plateau low-pass filter of
     P, an ideal pass and degree normalisation.
