@@ -217,8 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recvae.io import remove_stale
     from recvae.models.base import check_writable
     from recvae.reporting import NullTracker
-    from recvae.run.context import Layout, RunContext
-    from recvae.run.model import ModelJob, run_model
+    from recvae.run.context import Layout, ModelJob, RunContext
+    from recvae.run.model import run_model
     from recvae.run.report import results_table
 
     mc = cap_epochs(_model_config(args), args.max_epochs)

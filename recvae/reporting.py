@@ -22,11 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
-
-if TYPE_CHECKING:  # types only: the protocol's arguments
-    from recvae.data.dataset import Dataset
-    from recvae.models.base import Recommender
+from typing import Any, Protocol, TextIO
 
 #: (metric key, label) of the printed epoch line, in order; a key a report lacks is left out
 EPOCH_LINE = (
@@ -130,7 +126,8 @@ class TrialRun(Protocol):
 
 class Tracker(Protocol):
     """Where a pipeline, its models and their trials are logged (``recvae.tracking.Tracker``:
-    MLflow, local first) — or nowhere (:class:`NullTracker`)."""
+    MLflow, local first) — or nowhere (:class:`NullTracker`). Models and datasets are typed
+    ``Any`` here: this module sits below both (they import its ``EpochReport``)."""
 
     uri: str | None
 
@@ -151,7 +148,7 @@ class Tracker(Protocol):
 
     def close_stale_run(self, run_id: str, reason: str) -> None: ...
 
-    def use_dataset(self, dataset: Dataset, source: str | None) -> None: ...
+    def use_dataset(self, dataset: Any, source: str | None) -> None: ...
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -167,7 +164,7 @@ class Tracker(Protocol):
 
     def complete_curve(self, history: Sequence[Mapping[str, float]], best_epoch: int | None) -> None: ...
 
-    def log_model(self, model: Recommender, dataset: Dataset, **kwargs: Any) -> Any: ...
+    def log_model(self, model: Any, dataset: Any, **kwargs: Any) -> Any: ...
 
     def log_topk(self, path: str | Path) -> None: ...
 
@@ -222,7 +219,7 @@ class NullTracker:
     def close_stale_run(self, run_id: str, reason: str) -> None:
         return None
 
-    def use_dataset(self, dataset: Dataset, source: str | None) -> None:
+    def use_dataset(self, dataset: Any, source: str | None) -> None:
         return None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -246,7 +243,7 @@ class NullTracker:
     def complete_curve(self, history: Sequence[Mapping[str, float]], best_epoch: int | None) -> None:
         return None
 
-    def log_model(self, model: Recommender, dataset: Dataset, **kwargs: Any) -> Any:
+    def log_model(self, model: Any, dataset: Any, **kwargs: Any) -> Any:
         return None
 
     def log_topk(self, path: str | Path) -> None:

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from recvae.config import ModelConfig, RecommendConfig
 from recvae.reporting import NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from recvae.search.spec import SearchSpec
 
 #: What picks epochs, hyper-parameters, the best model and the ensemble's weights: a validation
 #: metric, never a test one. Defined here once.
@@ -67,6 +71,28 @@ class RunContext:
     show_progress: bool = True
     resume: bool = False
     data_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One model block of a run and what follows its fit: a ``search`` in the Optuna ``study``,
+    a ``refit`` on training + validation, a top-k file (``recommend``), a LoggedModel
+    (``log``, ``register``). ``logged`` is logged beside the model's params (data, evaluation).
+    ``strict_resume``: ``--resume`` of a model that does not train in epochs is an error."""
+
+    config: ModelConfig
+    search: SearchSpec | None = None
+    study: str | None = None
+    refit: bool = False
+    recommend: RecommendConfig | None = None
+    log: bool = True
+    register: bool = False
+    strict_resume: bool = True
+    logged: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.run_name
 
 
 @dataclass

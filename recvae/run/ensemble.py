@@ -39,9 +39,9 @@ from recvae.evaluation import topk_masked
 from recvae.io import atomic_file, load_arrays, save_arrays
 from recvae.models import load_model
 from recvae.models.ensemble import Ensemble, normalize_values, row_stats
-from recvae.run.context import SELECTION_METRIC, ModelOutcome, RunContext
+from recvae.run.context import SELECTION_METRIC, ModelJob, ModelOutcome, RunContext
 from recvae.run.fit import Fitted, ScoreFn
-from recvae.run.model import ModelJob, run_model
+from recvae.run.model import run_model
 
 if TYPE_CHECKING:
     from recvae.config import EnsembleConfig, PipelineConfig, RecommendConfig

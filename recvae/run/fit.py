@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,10 +30,7 @@ from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.base import Recommender
 from recvae.reporting import Callback, EpochReport, FitSummary, print_epoch, report_all
-from recvae.run.context import SELECTION_METRIC, RunContext
-
-if TYPE_CHECKING:
-    from recvae.run.model import ModelJob
+from recvae.run.context import SELECTION_METRIC, ModelJob, RunContext
 
 ScoreFn = Callable[[sp.csr_matrix], np.ndarray]
 
@@ -46,7 +43,7 @@ class ScoreRecorder(Protocol):
     def save(self) -> None: ...
 
 
-FitStage = Callable[["ModelJob", Dataset, RunContext, "ScoreRecorder | None"], "Fitted"]
+FitStage = Callable[[ModelJob, Dataset, RunContext, "ScoreRecorder | None"], "Fitted"]
 
 
 @dataclass

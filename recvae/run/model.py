@@ -8,40 +8,14 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from recvae.config import ModelConfig, RecommendConfig, build_model
+from recvae.config import build_model
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
-from recvae.run.context import ModelOutcome, RunContext
+from recvae.run.context import ModelJob, ModelOutcome, RunContext
 from recvae.run.fit import FitStage, Fitted, ScoreRecorder, fit, refit
 from recvae.run.steps import evaluate_test, export_topk, log_model, save_model
-
-if TYPE_CHECKING:
-    from recvae.search.spec import SearchSpec
-
-
-@dataclass(frozen=True)
-class ModelJob:
-    """One model block of a run and what follows its fit: a ``search`` in the Optuna ``study``,
-    a ``refit`` on training + validation, a top-k file (``recommend``), a LoggedModel
-    (``log``, ``register``). ``logged`` is logged beside the model's params (data, evaluation).
-    ``strict_resume``: ``--resume`` of a model that does not train in epochs is an error."""
-
-    config: ModelConfig
-    search: SearchSpec | None = None
-    study: str | None = None
-    refit: bool = False
-    recommend: RecommendConfig | None = None
-    log: bool = True
-    register: bool = False
-    strict_resume: bool = True
-    logged: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config.run_name
 
 
 def run_model(

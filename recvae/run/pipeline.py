@@ -33,9 +33,9 @@ from recvae.errors import RecvaeError
 from recvae.io import atomic_file, read_json
 from recvae.reporting import NullTracker, Tracker
 from recvae.run.comparison import Comparison, log_comparison
-from recvae.run.context import SELECTION_METRIC, Layout, ModelOutcome, RunContext
+from recvae.run.context import SELECTION_METRIC, Layout, ModelJob, ModelOutcome, RunContext
 from recvae.run.ensemble import member_recorders, run_ensemble
-from recvae.run.model import ModelJob, run_model
+from recvae.run.model import run_model
 from recvae.run.report import SUMMARY_METRICS, format_summary
 from recvae.search.spec import model_search
 

@@ -137,22 +137,10 @@ def _search(
     keep_best: bool, say: Callable[[str], None],
 ) -> SearchResult:
     t0 = time.perf_counter()
-    explicit = spec.storage is not None
     url = spec.storage or default_storage(ctx.out.root)
     work = ctx.out.search(mc.run_name)
-    tracker, resume = ctx.tracker, ctx.resume
     storage = open_storage(url)
-    fingerprint = fingerprint_of(mc.model, mc.params, spec, _data_key(dataset))
-    study = open_study(
-        storage, study_name, spec, fingerprint, resume=resume, explicit_storage=explicit,
-        on_fresh=lambda: shutil.rmtree(work, ignore_errors=True),
-        say=lambda line: say(f"[{mc.run_name}] {line}"),
-    )
-    _close_dead(study, storage, tracker, mc.run_name, say)
-    if not study.get_trials(deepcopy=False) and spec.sampler.name != "grid":
-        for values in enqueue_first(study, spec, _first_points(mc, spec)):
-            say(f"[{mc.run_name}] queued first: {_show(values)}")
-
+    study = _open(mc, dataset, spec, study_name, ctx, storage, say)
     budget = spec.trials
     points = grid_size(spec)
     if points is not None and points < budget:
@@ -161,54 +149,22 @@ def _search(
     counts = count_trials(study)
     say(f"[{mc.run_name}] study {study_name!r} in {masked(url)}: {counts.done}/{budget} trials done"
         + (f", {counts.running} running elsewhere" if counts.running else ""))
-
     deadline = t0 + spec.timeout_minutes * 60 if spec.timeout_minutes else None
     run = _TrialRunner(mc, dataset, spec, storage=storage, ctx=ctx,
                        keep_dir=work if keep_best else None, say=say, deadline=deadline)
-    timed_out, waiting, here = False, False, 0
-    while True:
-        counts = count_trials(study)
-        if counts.done >= budget:
-            break
-        if deadline is not None and time.perf_counter() >= deadline:
-            timed_out = True
-            say(f"[{mc.run_name}] timeout_minutes reached after {here} trials here "
-                f"({counts.done}/{budget} in the study)")
-            break
-        if counts.done + counts.running >= budget:
-            # the last trials run in other processes: wait for them, so every process ends
-            # with the same best trial (a dead process's trials fail by their heartbeat)
-            if not waiting:
-                say(f"[{mc.run_name}] waiting for {counts.running} trial(s) running elsewhere")
-                waiting = True
-            time.sleep(WAIT_SECONDS)
-            _close_dead(study, storage, tracker, mc.run_name, say)
-            continue
-        waiting = False
-        run(study)
-        here += 1
+    here, timed_out = _trials(study, storage, run, budget, deadline, ctx, say)
 
     counts = count_trials(study)
     best = _best_trial(study, counts, mc.run_name)
     values = decode_params(spec, best.params)
-    model = run.kept_model(best.number) if keep_best else None
     result = SearchResult(
-        params={**mc.params, **values},
-        best_values=values,
-        best_trial=best.number,
+        params={**mc.params, **values}, best_values=values, best_trial=best.number,
         val_metrics=dict(best.user_attrs.get(ATTR_VAL, {})),
         refit_params=dict(best.user_attrs.get(ATTR_REFIT, {})),
-        best_epoch=best.user_attrs.get(ATTR_EPOCH),
-        curve=list(best.user_attrs.get(ATTR_CURVE, [])),
-        model=model,
-        counts=counts,
-        wall_seconds=time.perf_counter() - t0,
-        trials_here=here,
-        study=study_name,
-        storage=masked(url),
-        budget=budget,
-        timed_out=timed_out,
-        space=spec.describe(),
+        best_epoch=best.user_attrs.get(ATTR_EPOCH), curve=list(best.user_attrs.get(ATTR_CURVE, [])),
+        model=run.kept_model(best.number) if keep_best else None, counts=counts,
+        wall_seconds=time.perf_counter() - t0, trials_here=here, study=study_name, storage=masked(url),
+        budget=budget, timed_out=timed_out, space=spec.describe(),
     )
     say(
         f"[{mc.run_name}] search: {counts.done} trials ({counts.complete} complete, "
@@ -217,6 +173,56 @@ def _search(
         f"{best.value:.4f} with {_show(values)}"
     )
     return result
+
+
+def _open(
+    mc: ModelConfig, dataset: Dataset, spec: SearchSpec, study_name: str, ctx: RunContext,
+    storage: optuna.storages.BaseStorage, say: Callable[[str], None],
+) -> optuna.Study:
+    """The study, created or joined; its dead trials failed; a new one's first trials queued."""
+    work = ctx.out.search(mc.run_name)
+    fingerprint = fingerprint_of(mc.model, mc.params, spec, _data_key(dataset))
+    study = open_study(
+        storage, study_name, spec, fingerprint, resume=ctx.resume,
+        explicit_storage=spec.storage is not None,
+        on_fresh=lambda: shutil.rmtree(work, ignore_errors=True),
+        say=lambda line: say(f"[{mc.run_name}] {line}"),
+    )
+    _close_dead(study, storage, ctx.tracker, mc.run_name, say)
+    if not study.get_trials(deepcopy=False) and spec.sampler.name != "grid":
+        for values in enqueue_first(study, spec, _first_points(mc, spec)):
+            say(f"[{mc.run_name}] queued first: {_show(values)}")
+    return study
+
+
+def _trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, run: _TrialRunner, budget: int,
+    deadline: float | None, ctx: RunContext, say: Callable[[str], None],
+) -> tuple[int, bool]:
+    """Trials in this process until the study holds ``budget`` finished ones (trials of other
+    processes included) or ``deadline``; returns how many ran here and whether time ran out."""
+    name = run.mc.run_name
+    waiting, here = False, 0
+    while True:
+        counts = count_trials(study)
+        if counts.done >= budget:
+            return here, False
+        if deadline is not None and time.perf_counter() >= deadline:
+            say(f"[{name}] timeout_minutes reached after {here} trials here "
+                f"({counts.done}/{budget} in the study)")
+            return here, True
+        if counts.done + counts.running >= budget:
+            # the last trials run in other processes: wait for them, so every process ends
+            # with the same best trial (a dead process's trials fail by their heartbeat)
+            if not waiting:
+                say(f"[{name}] waiting for {counts.running} trial(s) running elsewhere")
+                waiting = True
+            time.sleep(WAIT_SECONDS)
+            _close_dead(study, storage, ctx.tracker, name, say)
+            continue
+        waiting = False
+        run(study)
+        here += 1
 
 
 # --------------------------------------------------------------------------- one trial
