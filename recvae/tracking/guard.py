@@ -24,6 +24,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO, TypeVar
 
@@ -104,6 +105,7 @@ class Guard:
         self.stream = stream
         self.error: str | None = None  # why the guard went offline
         self.failed_call: str | None = None
+        self.failed_at: float | None = None  # when (time.time())
         self._lock = threading.RLock()  # epoch callbacks may run in worker threads
 
     @property
@@ -131,6 +133,7 @@ class Guard:
                 return
             self.error = describe_error(error)
             self.failed_call = what
+            self.failed_at = time.time()
             print(
                 f"recvae: warning: MLflow tracking at {self.uri} failed ({what}: {self.error}); "
                 f"training goes on without it{'; ' + self.hint if self.hint else ''}",

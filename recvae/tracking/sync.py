@@ -37,6 +37,9 @@ from recvae.tracking.store import check_tracking_server, ensure_experiment, open
 
 RUN_UID_TAG = "recvae.run_uid"
 PARENT_TAG = "mlflow.parentRunId"
+#: "true" on a run whose store copy lacks part of its local record (see mark_incomplete)
+OFFLINE_TAG = "recvae.offline"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 MAX_PARAMS = 100  # per log_batch, MLflow's limit
 MAX_METRICS = 1000
 MAX_TAGS = 100
@@ -125,6 +128,33 @@ class StoreWriter:
             run_id, created = run.info.run_id, True
         record.set_store(uri=self.uri, experiment_id=exp_id, run_id=run_id)
         return run_id, created
+
+    # ------------------------------------------------------------------ the offline marker
+    def mark_incomplete(self, record: RunRecord, output_dir: str | os.PathLike, reason: str = "") -> None:
+        """Say in the store that the record's run there is incomplete: the tag
+        ``recvae.offline=true`` and, in the run's note (its description in the MLflow UI), where
+        the rest is and that ``recvae sync <output_dir>`` completes it. :meth:`complete` removes
+        both (the note goes back to the run's own description)."""
+        assert record.run_id is not None
+        description = _journaled_tags(record).get(NOTE_TAG)
+        where = f"{record.path} on {record.meta.get('host') or 'its host'}"
+        note = (f"Incomplete in this store{': ' + reason if reason else ''}. The rest of this run "
+                f"is in its local record {where}; `recvae sync {Path(output_dir).resolve()}` "
+                "completes it.")
+        self._tags(record.run_id, {OFFLINE_TAG: "true",
+                                   NOTE_TAG: f"{description}\n\n{note}" if description else note})
+
+    def _clear_incomplete(self, record: RunRecord, tags: Mapping[str, str]) -> None:
+        """Undo :meth:`mark_incomplete` on a run that is now complete (``tags``: the store's)."""
+        if OFFLINE_TAG not in tags:
+            return
+        assert record.run_id is not None
+        description = _journaled_tags(record).get(NOTE_TAG)
+        if description is None:
+            self.client.delete_tag(record.run_id, NOTE_TAG)
+        elif tags.get(NOTE_TAG) != description:
+            self._tags(record.run_id, {NOTE_TAG: description})
+        self.client.delete_tag(record.run_id, OFFLINE_TAG)
 
     # ------------------------------------------------------------------ entries
     def apply(self, record: RunRecord, op: Mapping[str, Any]) -> Any:
@@ -243,6 +273,7 @@ class StoreWriter:
         if final is not None and final["status"] != run.info.status:
             self._status(run_id, final)
             added.status = final["status"]
+        self._clear_incomplete(record, run.data.tags)
         record.confirm(upto)
         return added
 
@@ -360,6 +391,12 @@ class StoreWriter:
         return None
 
 
+def _journaled_tags(record: RunRecord) -> dict[str, str]:
+    """The run's tags as its record has them: those it was created with, then later ones."""
+    create = next((op for op in record.ops if op["op"] == "create"), {})
+    return {**create.get("tags", {}), **record.merged("tags")}
+
+
 def _dest(op: Mapping[str, Any]) -> str:
     """Where an artifact entry's file lands in the run."""
     name = Path(op["file"]).name
@@ -415,8 +452,12 @@ def sync_output(
     """Replay every run record under ``output_dir/tracking`` into its store (or ``uri``).
 
     Records complete in the store are left alone; records of a process that still runs are
-    skipped; records of a dead process are closed as KILLED first. Raises RecvaeError when
-    there is nothing to sync or the store cannot be reached.
+    skipped; records of a dead process are closed as KILLED first. A run is tagged incomplete
+    (:meth:`StoreWriter.mark_incomplete`) before its entries are sent and untagged once all
+    are, so a sync that stops half-way leaves it marked. A journal whose last line was cut short
+    by a kill is synced without that line, with a warning on stderr. Raises RecvaeError when
+    there is nothing to sync, a record is damaged (before anything is sent) or the store cannot
+    be reached.
     """
     out = stream or sys.stdout
     say = progress or (lambda line: print(line, file=out, flush=True))
@@ -425,6 +466,8 @@ def sync_output(
         raise RecvaeError(
             f"{output_dir}: no run records to sync (expected {Path(output_dir) / 'tracking'}/*/run.json)"
         )
+    for record in records:
+        record.warn_cut()
     report = SyncReport()
     writers: dict[str, StoreWriter] = {}
     broken: set[str] = set()
@@ -471,6 +514,7 @@ def sync_output(
         try:
             with http_settings():
                 run_id, created = writer.open_run(record, run_ids.get(parent) if parent else None)
+                writer.mark_incomplete(record, output_dir, "`recvae sync` has not completed it")
                 added = writer.complete(record)
         except outage_errors() as e:
             report.failed += 1
