@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -31,7 +32,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from recvae.errors import RecvaeError
-from recvae.tracking.guard import describe_error, http_settings, outage_errors
+from recvae.tracking.guard import bounded_call, describe_error, outage_errors
 from recvae.tracking.record import TERMINAL, RunRecord, file_stamp, list_records
 from recvae.tracking.store import check_tracking_server, ensure_experiment, open_store
 
@@ -445,6 +446,16 @@ def close_dead(record: RunRecord) -> str | None:
     return reason
 
 
+def _send(
+    writer: StoreWriter, record: RunRecord, parent_run_id: str | None, output_dir: str | os.PathLike,
+) -> tuple[str, bool, Added]:
+    """One record into the store, marked incomplete there until it is complete:
+    ``(run_id, created, added)``."""
+    run_id, created = writer.open_run(record, parent_run_id)
+    writer.mark_incomplete(record, output_dir, "`recvae sync` has not completed it")
+    return run_id, created, writer.complete(record)
+
+
 def sync_output(
     output_dir: str | os.PathLike, *, uri: str | None = None, stream: TextIO | None = None,
     progress: Callable[[str], None] | None = None,
@@ -499,8 +510,7 @@ def sync_output(
         if target not in writers:
             check_tracking_server(target)
             try:
-                with http_settings():
-                    writers[target] = StoreWriter(open_store(target), target)
+                writers[target] = bounded_call(target, lambda t=target: StoreWriter(open_store(t), t))
             except outage_errors() as e:
                 raise RecvaeError(f"MLflow tracking store {target} failed: {describe_error(e)}") from None
         writer = writers[target]
@@ -511,11 +521,9 @@ def sync_output(
             say(report.lines[-1])
             run_ids[record.uid] = None
             continue
+        send = functools.partial(_send, writer, record, run_ids.get(parent) if parent else None, output_dir)
         try:
-            with http_settings():
-                run_id, created = writer.open_run(record, run_ids.get(parent) if parent else None)
-                writer.mark_incomplete(record, output_dir, "`recvae sync` has not completed it")
-                added = writer.complete(record)
+            run_id, created, added = bounded_call(target, send)
         except outage_errors() as e:
             report.failed += 1
             broken.add(target)  # every later call would wait out the same timeouts

@@ -52,7 +52,7 @@ from recvae.errors import RecvaeError
 from recvae.io import atomic_file
 from recvae.models.base import Callback, EpochReport, Recommender
 from recvae.tracking.artifacts import sample_name, write_head_sample
-from recvae.tracking.guard import Guard, http_settings, outage_errors
+from recvae.tracking.guard import Guard, bounded_call, is_http, outage_errors, probe
 from recvae.tracking.logged_model import LoggedModelInfo, content_digest, input_example
 from recvae.tracking.plots import plot_learning_curves
 from recvae.tracking.record import RECORDS_DIR, Heartbeat, RunRecord, file_stamp, list_records, now_ms
@@ -735,13 +735,19 @@ class Tracker:
         if self._marked or self._writer is None:
             return
         self._marked = True
+        if is_http(self.uri) and probe(self.uri) is not None:
+            return  # still down: a probe costs at most 3 s where a store call costs up to 15 s
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.guard.failed_at or time.time()))
         reason = f"MLflow tracking failed at {when} ({self.guard.failed_call}: {self.guard.error})"
         records = [r for r in self.not_logged() if r.run_id and r.meta.get("uri") == self.uri]
+        writer = self._writer
+
+        def mark() -> None:
+            for record in records:
+                writer.mark_incomplete(record, self.output_dir, reason)
+
         try:
-            with http_settings():
-                for record in records:
-                    self._writer.mark_incomplete(record, self.output_dir, reason)
+            bounded_call(self.uri, mark)
         except outage_errors():
             return  # still down: `recvae sync` marks and completes them
         if records:
