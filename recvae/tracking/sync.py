@@ -307,13 +307,16 @@ class StoreWriter:
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         with warnings.catch_warnings():
-            # MLflow hints about integer columns and ambiguous local sources: noise here
+            # MLflow hints about integer columns (the summary's counts are whole numbers and never
+            # missing) and ambiguous local sources: noise here. The schema is inferred, and the
+            # integer hint given, only when the entity is built.
             warnings.simplefilter("ignore", UserWarning)
             ds = mlflow.data.from_pandas(
                 pd.DataFrame([op["summary"]]), source=op["source"], name=op["name"],
                 digest=op["digest"],
             )
-        entity = DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])
+            dataset = ds._to_mlflow_entity()
+        entity = DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])
         self.client.log_inputs(run_id, datasets=[entity])
 
     def _table(self, record: RunRecord, op: Mapping[str, Any]) -> None:
