@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recvae.errors import RecvaeError
@@ -102,8 +103,6 @@ class StoreWriter:
     def open_run(self, record: RunRecord, parent_run_id: str | None) -> tuple[str, bool]:
         """The record's run in the store: by its stored id, else by its ``recvae.run_uid`` tag,
         else a new run with the record's start time and tags. Returns ``(run_id, created)``."""
-        from mlflow.exceptions import MlflowException
-
         exp_id = self.experiment_id(record)
         if record.run_id and record.meta.get("uri") == self.uri:
             try:
@@ -317,7 +316,16 @@ class StoreWriter:
             )
             dataset = ds._to_mlflow_entity()
         entity = DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])
-        self.client.log_inputs(run_id, datasets=[entity])
+        try:
+            self.client.log_inputs(run_id, datasets=[entity])
+        except MlflowException as e:
+            if not _lost_insert_race(e):
+                raise
+            # Two runs logged the same dataset at once: MLflow's SQL store looks the dataset up
+            # and inserts it when missing, without a lock, so on a server over PostgreSQL (or
+            # MySQL) the slower of two workers fails on the table's key. The row exists now:
+            # the same call links it.
+            self.client.log_inputs(run_id, datasets=[entity])
 
     def _table(self, record: RunRecord, op: Mapping[str, Any]) -> None:
         """The table file as an artifact, and the run's ``mlflow.loggedArtifacts`` tag naming it
@@ -393,6 +401,12 @@ class StoreWriter:
         if stamp and not inside and file_stamp(path) != stamp:
             return f"{path} was replaced after the run (size or time differ): not uploaded"
         return None
+
+
+def _lost_insert_race(error: Exception) -> bool:
+    """Whether a store error is a database's duplicate-key refusal (PostgreSQL, MySQL, SQLite)."""
+    text = str(error).lower()
+    return any(s in text for s in ("duplicate key value", "duplicate entry", "unique constraint failed"))
 
 
 def _journaled_tags(record: RunRecord) -> dict[str, str]:

@@ -380,3 +380,37 @@ def test_a_sync_that_stops_half_way_leaves_the_run_marked_incomplete(
     view = store_view(store)
     assert all("recvae.offline" not in r["tags"] for r in view.values())
     assert view["popularity"]["tags"]["mlflow.note.content"] == "recvae model popularity"
+
+
+def test_a_dataset_logged_by_two_workers_at_once_is_linked_not_lost(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's SQL store inserts a new dataset after looking it up, without a lock: over
+    PostgreSQL the slower of two workers fails on the key (tests/search/test_search_postgres.py
+    meets it for real). That one refusal is retried; any other error is not."""
+    from mlflow.tracking import MlflowClient
+
+    real, calls = MlflowClient.log_inputs, []
+
+    def race_once(self, run_id, datasets=None, models=None):  # noqa: ANN001, ANN202
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException('BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value '
+                                  'violates unique constraint "dataset_pk"')
+        return real(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", race_once)
+    tracker = Tracker(store, check=False, output_dir=tmp_path)
+    with tracker.start_pipeline("p", dataset=tiny_dataset()):
+        pass
+    assert tracker.guard.online and len(calls) == 2
+    assert store_view(store)["p"]["status"] == "FINISHED"
+
+    def refuse(self, run_id, datasets=None, models=None):  # noqa: ANN001, ANN202
+        raise MlflowException("BAD_REQUEST: dataset name too long")
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", refuse)
+    tracker = Tracker(store, check=False, output_dir=tmp_path / "other")
+    with tracker.start_pipeline("q", dataset=tiny_dataset()):
+        pass
+    assert tracker.offline and "dataset name too long" in tracker.guard.error
