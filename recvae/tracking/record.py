@@ -62,13 +62,14 @@ class RunRecord:
     a record belongs to the process named in ``run.json`` (``pid``, ``host``)."""
 
     def __init__(
-        self, path: Path, meta: dict[str, Any], ops: list[dict[str, Any]], cut: int | None = None
+        self, path: Path, meta: dict[str, Any], ops: list[dict[str, Any]], cut: int | None = None,
+        cut_line: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.meta = meta
         self.ops = ops
-        self._cut = cut  # where a journal line cut short by a kill starts: removed on next append
-        self.cut_line: int | None = None  # its line number, for the warning
+        self._cut = cut  # where the next entry starts (see read_journal): truncated there on append
+        self.cut_line = cut_line  # the number of a last line cut short by a kill, for the warning
         self._cut_reported = False
         self._lock = threading.RLock()
 
@@ -115,9 +116,7 @@ class RunRecord:
             raise RecvaeError(f"{run_file}: not a recvae run record of format {RECORD_FORMAT}")
         journal = path / JOURNAL_FILE
         ops, cut, cut_line = read_journal(journal) if journal.is_file() else ([], None, None)
-        record = cls(path, meta, ops, cut)
-        record.cut_line = cut_line
-        return record
+        return cls(path, meta, ops, cut, cut_line)
 
     def warn_cut(self, stream: TextIO | None = None) -> None:
         """Print, once, that the journal's last line was cut short and is skipped."""
