@@ -466,7 +466,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from recvae.tracking.sync import sync_output
 
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print run ids
     report = sync_output(args.output_dir, uri=args.tracking_uri)
     print(f"{args.output_dir}: {report.synced} run(s) synced, {report.unchanged} already complete, "
           f"{report.skipped} skipped, {report.failed} failed")
@@ -695,6 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # recvae prints run ids and links
     if not args.debug:
         # urllib3 warns on every retry of a failing tracking call; recvae warns once instead
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

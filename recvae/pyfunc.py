@@ -16,11 +16,48 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from recvae.errors import RecvaeError
 
 DEFAULT_K = 10
 MODEL_DIR_ARTIFACT = "model_dir"
+
+
+class ServingInputError(MlflowException, RecvaeError):
+    """A bad input or parameter of :meth:`RecvaeTopK.predict`, in one line.
+
+    A :class:`RecvaeError` for Python callers; for ``mlflow models serve``, an MlflowException
+    with ``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400 and
+    ``{"error_code": "INVALID_PARAMETER_VALUE", "message": ...}`` (any other exception becomes
+    "Encountered an unexpected error while evaluating the model" with a stack trace). Its message
+    stays the one given: the scoring server rewrites the message of an MlflowException raised by
+    ``predict`` to ``Failed to predict data '<the whole input>'. \nError: <message>``, lines that
+    echo the request back; the client gets this one line instead.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if "_message" not in self.__dict__:  # set once, by MlflowException.__init__
+            self._message = value
+
+
+def top_k(params: dict[str, Any] | None) -> int:
+    """``params["k"]`` (default :data:`DEFAULT_K`), checked: a positive integer."""
+    k = (params or {}).get("k", DEFAULT_K)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ServingInputError(
+            f"params.k: expected a positive integer (the number of items per user), got {k!r}"
+        )
+    return int(k)
 
 
 class RecvaeTopK(mlflow.pyfunc.PythonModel):
@@ -45,15 +82,16 @@ class RecvaeTopK(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        """Top-k unseen items per user of ``model_input``; ``params={"k": int}`` (default 10)."""
+        """Top-k unseen items per user of ``model_input``; ``params={"k": int}`` (default 10).
+        A bad ``k`` or missing columns raise :class:`ServingInputError` (HTTP 400 when served)."""
         from recvae.recommend import recommend_topk
 
-        k = int((params or {}).get("k", DEFAULT_K) or DEFAULT_K)
+        k = top_k(params)
         frame = pd.DataFrame(model_input)
         missing = {"user_id", "item_id"} - set(frame.columns)
         if missing:
-            raise RecvaeError(
-                f"model input needs columns user_id and item_id, missing {sorted(missing)}"
+            raise ServingInputError(
+                f"model input: expected the columns user_id and item_id, missing {', '.join(sorted(missing))}"
             )
         user_rows, users = pd.factorize(frame["user_id"], sort=False)  # first-appearance order
         users = np.asarray(users)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,15 @@ def ml_small_zip() -> Path:
     """The bundled MovieLens latest-small archive (610 users, 100,836 ratings)."""
     assert ML_SMALL_ZIP.is_file(), f"missing {ML_SMALL_ZIP}"
     return ML_SMALL_ZIP
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A private PostgreSQL server (``tests.postgres.PostgresServer``) with the databases
+    ``mlflow`` and ``optuna``, stopped at the end of the session; where it cannot start, the
+    test fails under CI and is skipped elsewhere (``tests.postgres.start_or_give_up``)."""
+    from tests.postgres import start_or_give_up
+
+    server = start_or_give_up()
+    yield server
+    server.stop()

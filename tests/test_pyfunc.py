@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
+from recvae.errors import RecvaeError
 from recvae.evaluation import evaluate
 from recvae.models.autoencoders.models import MultVAE
 from recvae.models.ease import EASE
@@ -99,6 +102,27 @@ def test_logged_model_holds_no_pickle_and_predicts(
         assert not seen & set(zip(out.user_id, out.item_id, strict=True))
 
 
+@pytest.mark.parametrize("k", [-3, 0])
+def test_a_bad_k_is_one_line_error(logged: dict, k: int) -> None:
+    """Not a silent default (k=0 used to give 10 rows) nor an error deep in top-k (k=-3)."""
+    loaded = mlflow.pyfunc.load_model(logged["infos"]["ease"].model_uri)
+    message = f"params.k: expected a positive integer (the number of items per user), got {k}"
+    with pytest.raises(RecvaeError) as caught:
+        loaded.predict(HISTORY, params={"k": k})
+    assert isinstance(caught.value, MlflowException)  # what the scoring server answers with 400
+    assert str(caught.value) == caught.value.message == message
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    """POST ``body`` as JSON; the status and the decoded JSON answer (also of an HTTP error)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 @pytest.mark.slow
@@ -117,14 +141,17 @@ def test_serve_returns_k_rows_per_user(logged: dict, tmp_path: Path) -> None:
         )
     try:
         wait_for(f"{url}/ping", proc, log, limit=90)
-        body = {"dataframe_split": HISTORY.to_dict(orient="split", index=False), "params": {"k": 5}}
-        request = urllib.request.Request(
-            f"{url}/invocations", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            rows = pd.DataFrame(json.loads(resp.read())["predictions"])
+        data = HISTORY.to_dict(orient="split", index=False)
+        status, answer = post(f"{url}/invocations", {"dataframe_split": data, "params": {"k": 5}})
+        assert status == 200, answer
+        rows = pd.DataFrame(answer["predictions"])
         assert rows.groupby("user_id").size().to_dict() == {"u1": 5, "u2": 5}
         assert sorted(rows["rank"].unique().tolist()) == [1, 2, 3, 4, 5]
+        # a bad k: HTTP 400 with recvae's one-line message, no stack trace, no echo of the input
+        status, answer = post(f"{url}/invocations", {"dataframe_split": data, "params": {"k": -3}})
+        assert status == 400
+        assert answer["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in answer
+        assert answer["message"] == (
+            "params.k: expected a positive integer (the number of items per user), got -3")
     finally:
         stop(proc)

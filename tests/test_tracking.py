@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -287,3 +289,50 @@ def test_experiment_name_and_flatten() -> None:
     assert flatten_params({"training": Training()}) == {
         "training.epochs": "200", "training.out": "runs/x",
     }
+
+
+TELEMETRY_PROBE = """
+import os, sys
+if sys.argv[1] == "mlflow-first":
+    import mlflow  # imported before recvae: MLflow starts its telemetry client on import
+    from mlflow.telemetry import get_telemetry_client
+    assert get_telemetry_client() is not None, "telemetry is off without recvae: the probe proves nothing"
+import recvae.tracking
+from mlflow.telemetry import get_telemetry_client
+print(get_telemetry_client() is None, os.environ.get("MLFLOW_DISABLE_TELEMETRY"))
+"""
+
+
+@pytest.mark.parametrize("order", ["recvae-first", "mlflow-first"])
+def test_mlflow_telemetry_is_off_in_recvae_processes(order: str, tmp_path: Path) -> None:
+    """MLflow's telemetry thread deletes an environment variable while our thread may be reading
+    the environment (the `KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'` of a first `recvae sync`):
+    recvae turns it off, as a user would, unless the user chose otherwise."""
+    # a bare environment: MLflow turns telemetry off by itself under pytest and CI variables
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(Path.cwd())}
+    run = [sys.executable, "-c", TELEMETRY_PROBE, order]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["True", "true"]
+    env["MLFLOW_DISABLE_TELEMETRY"] = "false"  # the user's own choice wins
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["False", "false"]
+
+
+# What pyproject.toml's filterwarnings silences, each for a reason given there: third-party code
+THIRD_PARTY = ("The ``noload`` loader strategy is deprecated", "Operation with range is deprecated")
+
+
+def test_tracking_emits_no_warning_of_its_own(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """A run with a dataset input, metrics, an artifact and a logged model warns of nothing but
+    the third-party deprecations pyproject.toml lists (MLflow's integer-schema hint leaked
+    from the dataset input)."""
+    ds = tiny_dataset()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", check=False, output_dir=tmp_path / "out")
+    with tracker.start_pipeline("p", dataset=ds, config={"models": ["ease"]}):
+        with tracker.start_model("ease", params={"l2": 1.0}):
+            model = EASE(l2=1.0)
+            model.fit(ds)
+            tracker.log_model(model, ds, metrics=evaluate(model.score, ds.test, ks=(5,)).as_metrics("test"))
+    ours = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in recwarn
+            if not str(w.message).startswith(THIRD_PARTY)]
+    assert ours == []

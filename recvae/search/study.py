@@ -94,7 +94,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_SECONDS,
                 )
         except ImportError as e:
-            hint = {"postgresql": "pip install 'psycopg[binary]' (SQLAlchemy 2.1's default driver)",
+            hint = {"postgresql": "pip install 'psycopg[binary]' (SQLAlchemy 2.1's driver for postgresql://; "
+                              "postgresql+psycopg2:// takes psycopg2-binary)",
                     "mysql": "pip install PyMySQL and use mysql+pymysql://"}.get(
                 url.split(":", 1)[0].split("+", 1)[0], "install its SQLAlchemy driver")
             raise RecvaeError(
@@ -131,7 +132,8 @@ def check_driver(url: str, key: str) -> None:
         make_url(url).get_dialect().import_dbapi()
     except ImportError as e:
         scheme = url.split(":", 1)[0].split("+", 1)[0]
-        hint = {"postgresql": "pip install 'psycopg[binary]' (SQLAlchemy 2.1's default driver)",
+        hint = {"postgresql": "pip install 'psycopg[binary]' (SQLAlchemy 2.1's driver for postgresql://; "
+                              "postgresql+psycopg2:// takes psycopg2-binary)",
                 "mysql": "pip install PyMySQL and use mysql+pymysql://"}.get(
             scheme, "install its SQLAlchemy driver")
         raise RecvaeError(

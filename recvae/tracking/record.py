@@ -29,12 +29,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from recvae.errors import RecvaeError
 from recvae.io import atomic_file
@@ -61,12 +62,15 @@ class RunRecord:
     a record belongs to the process named in ``run.json`` (``pid``, ``host``)."""
 
     def __init__(
-        self, path: Path, meta: dict[str, Any], ops: list[dict[str, Any]], cut: int | None = None
+        self, path: Path, meta: dict[str, Any], ops: list[dict[str, Any]], cut: int | None = None,
+        cut_line: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.meta = meta
         self.ops = ops
-        self._cut = cut  # where a journal line cut short by a kill starts: removed on next append
+        self._cut = cut  # where the next entry starts (see read_journal): truncated there on append
+        self.cut_line = cut_line  # the number of a last line cut short by a kill, for the warning
+        self._cut_reported = False
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ create / load
@@ -100,32 +104,27 @@ class RunRecord:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RunRecord:
-        """Read a record folder; a journal line cut short by a killed process is ignored."""
+        """Read a record folder. A last journal line cut short by a killed process is skipped
+        (see :attr:`cut_line`); any other damaged line is a :class:`RecvaeError` naming it."""
         path = Path(path)
         run_file = path / RUN_FILE
         try:
             meta = json.loads(run_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RecvaeError(f"{run_file}: not a readable recvae run record ({e})") from None
         if not isinstance(meta, dict) or meta.get("format") != RECORD_FORMAT:
             raise RecvaeError(f"{run_file}: not a recvae run record of format {RECORD_FORMAT}")
-        ops: list[dict[str, Any]] = []
         journal = path / JOURNAL_FILE
-        cut = None
-        if journal.is_file():
-            data = journal.read_bytes()
-            lines = data.split(b"\n")
-            for i, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    ops.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if i == len(lines):  # the last line, without its newline: a write cut short
-                        cut = len(data) - len(line)
-                        break
-                    raise RecvaeError(f"{journal}, line {i}: not a JSON journal entry") from None
-        return cls(path, meta, ops, cut)
+        ops, cut, cut_line = read_journal(journal) if journal.is_file() else ([], None, None)
+        return cls(path, meta, ops, cut, cut_line)
+
+    def warn_cut(self, stream: TextIO | None = None) -> None:
+        """Print, once, that the journal's last line was cut short and is skipped."""
+        if self.cut_line is not None and not self._cut_reported:
+            self._cut_reported = True
+            print(f"recvae: warning: {self.path / JOURNAL_FILE}, line {self.cut_line}: cut short "
+                  "(its process was killed while writing it); that entry is skipped",
+                  file=stream or sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -200,9 +199,12 @@ class RunRecord:
         with self._lock:
             entry = {"seq": self.last_seq + 1, **op}
             line = json.dumps(entry, separators=(",", ":")) + "\n"
-            if self._cut is not None:
+            if self._cut is not None:  # a cut line goes; a whole unterminated one gets its newline
+                self.warn_cut()
                 os.truncate(self.path / JOURNAL_FILE, self._cut)
-                self._cut = None
+                if self.cut_line is None:
+                    line = "\n" + line
+                self._cut = self.cut_line = None
             with open(self.path / JOURNAL_FILE, "a", encoding="utf-8") as f:
                 f.write(line)
             self.ops.append(entry)
@@ -329,6 +331,74 @@ class RunRecord:
     def resolve(self, ref: str) -> Path:
         p = Path(ref)
         return p if p.is_absolute() else self.output_root / p
+
+
+#: The fields each kind of journal entry carries (what sync and the tracker read from it).
+ENTRY_FIELDS: dict[str, tuple[str, ...]] = {
+    "create": ("time",), "params": ("params",), "tags": ("tags",),
+    "epoch": ("epoch", "metrics", "time"), "metrics": ("metrics", "step", "time"),
+    "artifact": ("file",), "table": ("file", "artifact_file"),
+    "input": ("name", "digest", "source", "context", "summary"),
+    "model": ("name", "model_dir", "k", "example"),
+    "alias": ("registered_model_name", "alias", "model"), "status": ("status", "time"),
+}
+
+
+def read_journal(journal: Path) -> tuple[list[dict[str, Any]], int | None, int | None]:
+    """The entries of ``journal``; where the next entry must be written from (None: at the end)
+    and, when the last line was cut short (no newline after it, and not a whole entry: a
+    process killed while writing it), its number. ``(ops, None, None)`` when the file ends
+    cleanly; ``(ops, len(file), None)`` when a whole last entry lacks its newline.
+
+    Any other line that is not UTF-8, not a JSON object, lacks the fields of its kind (see
+    :data:`ENTRY_FIELDS`) or does not number itself after the line before raises a
+    :class:`RecvaeError` naming the file and the line: the record is damaged, and syncing part
+    of it would put a run into the store that the record cannot complete."""
+    try:
+        data = journal.read_bytes()
+    except OSError as e:
+        raise RecvaeError(f"{journal}: cannot read the run's journal ({e.strerror})") from None
+    lines = data.split(b"\n")
+    ops: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+            problem = None
+        except UnicodeDecodeError as e:
+            entry, problem = None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+        except json.JSONDecodeError as e:
+            entry, problem = None, f"not JSON ({e.msg} at column {e.colno})"
+        if problem is None:
+            problem = _entry_problem(entry, ops[-1]["seq"] if ops else 0)
+        if problem is None:
+            ops.append(entry)
+            continue
+        if number == len(lines) and entry is None:  # the last line, without its newline
+            return ops, len(data) - len(raw), number
+        raise RecvaeError(
+            f"{journal}, line {number}: {problem}; expected one JSON journal entry per line "
+            "(repair or delete that line, then try again)"
+        )
+    if data and not data.endswith(b"\n"):  # a whole last entry whose newline was not written
+        return ops, len(data), None
+    return ops, None, None
+
+
+def _entry_problem(entry: Any, previous_seq: int) -> str | None:
+    """What is wrong with a decoded journal entry (None when nothing is)."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    seq, kind = entry.get("seq"), entry.get("op")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq <= previous_seq:
+        return f"entry number (seq) {seq!r} does not follow {previous_seq}"
+    if kind not in ENTRY_FIELDS:
+        return f"unknown entry kind (op) {kind!r}"
+    missing = [f for f in ENTRY_FIELDS[kind] if f not in entry]
+    if missing:
+        return f"a {kind!r} entry without {', '.join(missing)}"
+    return None
 
 
 def owner() -> dict[str, Any]:

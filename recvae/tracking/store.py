@@ -20,8 +20,11 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import mlflow
-from mlflow.tracking import MlflowClient
+# Before MLflow is imported: it starts its usage-telemetry client on import.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from recvae.data.dataset import Dataset
 from recvae.errors import RecvaeError
@@ -29,6 +32,27 @@ from recvae.errors import RecvaeError
 DEFAULT_TRACKING_DB = "mlflow.db"
 MAX_DIGEST = 36  # MLflow's dataset digest column
 PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def quiet_telemetry() -> None:
+    """MLflow's usage telemetry off in this process, by its documented opt-out
+    ``MLFLOW_DISABLE_TELEMETRY`` (set when this module is imported, before MLflow is; a value the
+    user exported wins), and its client dropped if MLflow was imported before recvae.
+
+    Why: where its config fetch fails (any machine without internet access), the telemetry
+    thread deletes ``_MLFLOW_TELEMETRY_SESSION_ID`` from ``os.environ`` while our thread may be
+    iterating the environment (``requests`` reads the proxy variables on every call), which
+    fails that store call with ``KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'``: the first
+    ``recvae sync`` after a server restart failed that way and synced nothing.
+    """
+    from mlflow.telemetry import get_telemetry_client, set_telemetry_client
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    if get_telemetry_client() is not None and is_telemetry_disabled():
+        set_telemetry_client()  # finds telemetry disabled: drops the client
+
+
+quiet_telemetry()
 
 
 def resolve_tracking_uri(config_uri: str | None = None) -> str:

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -28,15 +29,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recvae.errors import RecvaeError
-from recvae.tracking.guard import describe_error, http_settings, outage_errors
+from recvae.tracking.guard import bounded_call, describe_error, outage_errors
 from recvae.tracking.record import TERMINAL, RunRecord, file_stamp, list_records
 from recvae.tracking.store import check_tracking_server, ensure_experiment, open_store
 
 RUN_UID_TAG = "recvae.run_uid"
 PARENT_TAG = "mlflow.parentRunId"
+#: "true" on a run whose store copy lacks part of its local record (see mark_incomplete)
+OFFLINE_TAG = "recvae.offline"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 MAX_PARAMS = 100  # per log_batch, MLflow's limit
 MAX_METRICS = 1000
 MAX_TAGS = 100
@@ -98,8 +103,6 @@ class StoreWriter:
     def open_run(self, record: RunRecord, parent_run_id: str | None) -> tuple[str, bool]:
         """The record's run in the store: by its stored id, else by its ``recvae.run_uid`` tag,
         else a new run with the record's start time and tags. Returns ``(run_id, created)``."""
-        from mlflow.exceptions import MlflowException
-
         exp_id = self.experiment_id(record)
         if record.run_id and record.meta.get("uri") == self.uri:
             try:
@@ -125,6 +128,33 @@ class StoreWriter:
             run_id, created = run.info.run_id, True
         record.set_store(uri=self.uri, experiment_id=exp_id, run_id=run_id)
         return run_id, created
+
+    # ------------------------------------------------------------------ the offline marker
+    def mark_incomplete(self, record: RunRecord, output_dir: str | os.PathLike, reason: str = "") -> None:
+        """Say in the store that the record's run there is incomplete: the tag
+        ``recvae.offline=true`` and, in the run's note (its description in the MLflow UI), where
+        the rest is and that ``recvae sync <output_dir>`` completes it. :meth:`complete` removes
+        both (the note goes back to the run's own description)."""
+        assert record.run_id is not None
+        description = _journaled_tags(record).get(NOTE_TAG)
+        where = f"{record.path} on {record.meta.get('host') or 'its host'}"
+        note = (f"Incomplete in this store{': ' + reason if reason else ''}. The rest of this run "
+                f"is in its local record {where}; `recvae sync {Path(output_dir).resolve()}` "
+                "completes it.")
+        self._tags(record.run_id, {OFFLINE_TAG: "true",
+                                   NOTE_TAG: f"{description}\n\n{note}" if description else note})
+
+    def _clear_incomplete(self, record: RunRecord, tags: Mapping[str, str]) -> None:
+        """Undo :meth:`mark_incomplete` on a run that is now complete (``tags``: the store's)."""
+        if OFFLINE_TAG not in tags:
+            return
+        assert record.run_id is not None
+        description = _journaled_tags(record).get(NOTE_TAG)
+        if description is None:
+            self.client.delete_tag(record.run_id, NOTE_TAG)
+        elif tags.get(NOTE_TAG) != description:
+            self._tags(record.run_id, {NOTE_TAG: description})
+        self.client.delete_tag(record.run_id, OFFLINE_TAG)
 
     # ------------------------------------------------------------------ entries
     def apply(self, record: RunRecord, op: Mapping[str, Any]) -> Any:
@@ -243,6 +273,7 @@ class StoreWriter:
         if final is not None and final["status"] != run.info.status:
             self._status(run_id, final)
             added.status = final["status"]
+        self._clear_incomplete(record, run.data.tags)
         record.confirm(upto)
         return added
 
@@ -275,14 +306,26 @@ class StoreWriter:
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         with warnings.catch_warnings():
-            # MLflow hints about integer columns and ambiguous local sources: noise here
+            # MLflow hints about integer columns (the summary's counts are whole numbers and never
+            # missing) and ambiguous local sources: noise here. The schema is inferred, and the
+            # integer hint given, only when the entity is built.
             warnings.simplefilter("ignore", UserWarning)
             ds = mlflow.data.from_pandas(
                 pd.DataFrame([op["summary"]]), source=op["source"], name=op["name"],
                 digest=op["digest"],
             )
-        entity = DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])
-        self.client.log_inputs(run_id, datasets=[entity])
+            dataset = ds._to_mlflow_entity()
+        entity = DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])
+        try:
+            self.client.log_inputs(run_id, datasets=[entity])
+        except MlflowException as e:
+            if not _lost_insert_race(e):
+                raise
+            # Two runs logged the same dataset at once: MLflow's SQL store looks the dataset up
+            # and inserts it when missing, without a lock, so on a server over PostgreSQL (or
+            # MySQL) the slower of two workers fails on the table's key. The row exists now:
+            # the same call links it.
+            self.client.log_inputs(run_id, datasets=[entity])
 
     def _table(self, record: RunRecord, op: Mapping[str, Any]) -> None:
         """The table file as an artifact, and the run's ``mlflow.loggedArtifacts`` tag naming it
@@ -360,6 +403,18 @@ class StoreWriter:
         return None
 
 
+def _lost_insert_race(error: Exception) -> bool:
+    """Whether a store error is a database's duplicate-key refusal (PostgreSQL, MySQL, SQLite)."""
+    text = str(error).lower()
+    return any(s in text for s in ("duplicate key value", "duplicate entry", "unique constraint failed"))
+
+
+def _journaled_tags(record: RunRecord) -> dict[str, str]:
+    """The run's tags as its record has them: those it was created with, then later ones."""
+    create = next((op for op in record.ops if op["op"] == "create"), {})
+    return {**create.get("tags", {}), **record.merged("tags")}
+
+
 def _dest(op: Mapping[str, Any]) -> str:
     """Where an artifact entry's file lands in the run."""
     name = Path(op["file"]).name
@@ -408,6 +463,16 @@ def close_dead(record: RunRecord) -> str | None:
     return reason
 
 
+def _send(
+    writer: StoreWriter, record: RunRecord, parent_run_id: str | None, output_dir: str | os.PathLike,
+) -> tuple[str, bool, Added]:
+    """One record into the store, marked incomplete there until it is complete:
+    ``(run_id, created, added)``."""
+    run_id, created = writer.open_run(record, parent_run_id)
+    writer.mark_incomplete(record, output_dir, "`recvae sync` has not completed it")
+    return run_id, created, writer.complete(record)
+
+
 def sync_output(
     output_dir: str | os.PathLike, *, uri: str | None = None, stream: TextIO | None = None,
     progress: Callable[[str], None] | None = None,
@@ -415,8 +480,12 @@ def sync_output(
     """Replay every run record under ``output_dir/tracking`` into its store (or ``uri``).
 
     Records complete in the store are left alone; records of a process that still runs are
-    skipped; records of a dead process are closed as KILLED first. Raises RecvaeError when
-    there is nothing to sync or the store cannot be reached.
+    skipped; records of a dead process are closed as KILLED first. A run is tagged incomplete
+    (:meth:`StoreWriter.mark_incomplete`) before its entries are sent and untagged once all
+    are, so a sync that stops half-way leaves it marked. A journal whose last line was cut short
+    by a kill is synced without that line, with a warning on stderr. Raises RecvaeError when
+    there is nothing to sync, a record is damaged (before anything is sent) or the store cannot
+    be reached.
     """
     out = stream or sys.stdout
     say = progress or (lambda line: print(line, file=out, flush=True))
@@ -425,6 +494,8 @@ def sync_output(
         raise RecvaeError(
             f"{output_dir}: no run records to sync (expected {Path(output_dir) / 'tracking'}/*/run.json)"
         )
+    for record in records:
+        record.warn_cut()
     report = SyncReport()
     writers: dict[str, StoreWriter] = {}
     broken: set[str] = set()
@@ -456,8 +527,7 @@ def sync_output(
         if target not in writers:
             check_tracking_server(target)
             try:
-                with http_settings():
-                    writers[target] = StoreWriter(open_store(target), target)
+                writers[target] = bounded_call(target, lambda t=target: StoreWriter(open_store(t), t))
             except outage_errors() as e:
                 raise RecvaeError(f"MLflow tracking store {target} failed: {describe_error(e)}") from None
         writer = writers[target]
@@ -468,10 +538,9 @@ def sync_output(
             say(report.lines[-1])
             run_ids[record.uid] = None
             continue
+        send = functools.partial(_send, writer, record, run_ids.get(parent) if parent else None, output_dir)
         try:
-            with http_settings():
-                run_id, created = writer.open_run(record, run_ids.get(parent) if parent else None)
-                added = writer.complete(record)
+            run_id, created, added = bounded_call(target, send)
         except outage_errors() as e:
             report.failed += 1
             broken.add(target)  # every later call would wait out the same timeouts

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ from recvae.io import atomic_file
 from recvae.models.base import Recommender
 from recvae.reporting import Callback, EpochReport
 from recvae.tracking.artifacts import sample_name, write_head_sample
-from recvae.tracking.guard import Guard
+from recvae.tracking.guard import Guard, bounded_call, is_http, outage_errors, probe
 from recvae.tracking.logged_model import LoggedModelInfo, content_digest, input_example
 from recvae.tracking.plots import plot_learning_curves
 from recvae.tracking.record import RECORDS_DIR, Heartbeat, RunRecord, file_stamp, list_records, now_ms
@@ -66,7 +67,7 @@ from recvae.tracking.store import (
     set_tracking_uri,
     short_digest,
 )
-from recvae.tracking.sync import StoreWriter, close_dead
+from recvae.tracking.sync import OFFLINE_TAG, StoreWriter, close_dead
 from recvae.tracking.values import curve_metrics, finite_metrics, flatten_params, plain
 
 TOPK_ARTIFACT_MAX_BYTES = 50 * 2**20
@@ -189,6 +190,7 @@ class Tracker:
         self._heartbeat = Heartbeat()
         self._lock = threading.RLock()
         self._swept = False
+        self._marked = False
 
     @property
     def client(self) -> MlflowClient:
@@ -329,6 +331,8 @@ class Tracker:
         finally:
             self._stack.remove(run)
             self._heartbeat.remove(run.record)
+            if not self._stack and self.offline:
+                self._mark_incomplete()
 
     @contextlib.contextmanager
     def start_trial(
@@ -738,6 +742,34 @@ class Tracker:
                                     lambda r=record, op=op: self._store().apply(r, op))
                 if self.guard.online and record.confirmed == before:
                     record.confirm(record.last_seq)
+
+    def _mark_incomplete(self) -> None:
+        """Once, when the outermost run ends offline: one more try at the store, to tag the runs
+        it holds in part ``recvae.offline`` with a note that ``recvae sync`` completes them (see
+        :meth:`StoreWriter.mark_incomplete`). The guard stays offline whatever the answer; a
+        store still down is left so (the warning and the summary have said what to do)."""
+        if self._marked or self._writer is None:
+            return
+        self._marked = True
+        if is_http(self.uri) and probe(self.uri) is not None:
+            return  # still down: a probe costs at most 3 s where a store call costs up to 15 s
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.guard.failed_at or time.time()))
+        reason = f"MLflow tracking failed at {when} ({self.guard.failed_call}: {self.guard.error})"
+        records = [r for r in self.not_logged() if r.run_id and r.meta.get("uri") == self.uri]
+        writer = self._writer
+
+        def mark() -> None:
+            for record in records:
+                writer.mark_incomplete(record, self.output_dir, reason)
+
+        try:
+            bounded_call(self.uri, mark)
+        except outage_errors():
+            return  # still down: `recvae sync` marks and completes them
+        if records:
+            print(f"recvae: tracking: {self.uri} answers again; {len(records)} run(s) there are "
+                  f"tagged {OFFLINE_TAG}=true until `recvae sync {self.output_dir}`", file=sys.stderr,
+                  flush=True)
 
     def _close(self, run: TrackedRun, status: str) -> None:
         run.record.set_status(status)

@@ -5,19 +5,25 @@ Every case must end the same way: exit status 2, exactly one line on stderr star
 expected, no traceback, and nothing left in the output location, hidden temporaries included.
 
 Cases cover every reader (MovieLens csv/dat/u.data/zip, Netflix, MSD, LightGCN, citeulike, tables
-as CSV/TSV/Parquet/gz), the pipeline YAML, saved models, dataset folders, the numeric flags and
-unwritable outputs.
+as CSV/TSV/Parquet/gz), the pipeline YAML, saved models, dataset folders, run records given to
+``recvae sync``, the numeric flags and unwritable outputs. After the corpus: a journal cut short
+(a warning, not an error) and a served model given a bad ``k`` (HTTP 400 with one line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import pickle
 import re
 import struct
+import threading
+import time
+import urllib.error
+import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -811,6 +817,42 @@ def _(ctx: Ctx) -> list[str]:
     return ctx.recommend(None, None, "--users", str(ctx.file("users.txt", b"\xff\xfe\x00u\x001")))
 
 
+# ================================================================== run records (recvae sync)
+def damaged_record(ctx: Ctx, line3: bytes) -> list[str]:
+    """A finished run's record whose journal line 3 (of 5) is ``line3``; ``recvae sync`` of it
+    into a store under ``out`` (which must stay uncreated: nothing may be sent)."""
+    from recvae.tracking.record import JOURNAL_FILE, RunRecord
+
+    runs = ctx.tmp / "in" / "runs"
+    record = RunRecord.create(runs / "tracking", name="m", kind="model", uri=None, experiment="e")
+    record.append({"op": "params", "params": {"a": "1"}})
+    record.append({"op": "metrics", "metrics": {"test/ndcg_at_100": 0.3}, "step": 0, "time": 1})
+    record.append({"op": "tags", "tags": {"b": "2"}})
+    record.set_status("FINISHED")
+    journal = record.path / JOURNAL_FILE
+    lines = journal.read_bytes().split(b"\n")
+    journal.write_bytes(b"\n".join([*lines[:2], line3, *lines[3:]]))
+    return ["sync", str(runs), "--tracking-uri", f"sqlite:///{ctx.out / 'mlflow.db'}"]
+
+
+@case("sync-journal-line-not-utf8", r"journal\.jsonl, line 3: not UTF-8 text \(byte 0xff at column 19\)",
+      "expected one JSON journal entry per line")
+def _(ctx: Ctx) -> list[str]:
+    return damaged_record(ctx, b'{"seq": 3, "op": "\xffmetrics"}')
+
+
+@case("sync-journal-line-not-json", r"journal\.jsonl, line 3: not JSON \(Expecting value at column 1\)",
+      "expected one JSON journal entry per line")
+def _(ctx: Ctx) -> list[str]:
+    return damaged_record(ctx, b"<<<<<<< HEAD")
+
+
+@case("sync-journal-entry-without-fields", r"journal\.jsonl, line 3: a 'metrics' entry without step, time",
+      "expected one JSON journal entry per line")
+def _(ctx: Ctx) -> list[str]:
+    return damaged_record(ctx, b'{"seq": 3, "op": "metrics", "metrics": {}}')
+
+
 # ------------------------------------------------------------------ the runner
 def assert_one_line_error(code: int, out: str, err: str, patterns: tuple[str, ...]) -> str:
     assert code == 2, f"exit {code}\nstdout: {out}\nstderr: {err}"
@@ -864,3 +906,92 @@ def test_read_only_output_folder(
         (r"outputs/\S*: cannot write", "read-only file system|permission denied"),
     )
     assert list(read_only_dir.iterdir()) == []
+
+
+# ------------------------------------------------------------------ a journal cut short
+def test_sync_of_a_journal_cut_short_warns_in_one_line_and_sends_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Not an error: a process killed while writing its last journal line. One warning line
+    naming the file and the line, no traceback, exit 0, the entries before it in the store."""
+    from mlflow.tracking import MlflowClient
+
+    from recvae.tracking.record import JOURNAL_FILE, RunRecord
+
+    runs = tmp_path / "runs"
+    record = RunRecord.create(runs / "tracking", name="m", kind="model", uri=None, experiment="e")
+    record.append({"op": "params", "params": {"a": "1"}})
+    record.set_status("FINISHED")
+    journal = record.path / JOURNAL_FILE
+    with journal.open("ab") as f:
+        f.write(b'{"seq": 4, "op": "metrics", "metrics": {"test/nd')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    capsys.readouterr()
+    assert main(["sync", str(runs), "--tracking-uri", uri]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"recvae: warning: {journal}, line 4: cut short (its process was killed while "
+                   "writing it); that entry is skipped\n")
+    assert "Traceback" not in out and "1 run(s) synced" in out
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("e").experiment_id])[0]
+    assert run.data.params == {"a": "1"} and run.info.status == "FINISHED"
+
+
+# ------------------------------------------------------------------ serving (mlflow models serve)
+@pytest.fixture(scope="module")
+def scoring_server(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """MLflow's scoring server (the app ``mlflow models serve`` runs) for the built EASE model
+    as recvae logs it (the pyfunc from code), on a loopback port in this process."""
+    import mlflow.pyfunc
+    import uvicorn
+    from mlflow.pyfunc import scoring_server as mlflow_scoring
+
+    from recvae.models import load_model
+    from recvae.pyfunc import MODEL_DIR_ARTIFACT
+    from recvae.tracking.logged_model import MODEL_CODE, signature
+    from tests.servers import free_port
+
+    items = np.asarray(load_model(built["ease"]).item_ids_)[:3]
+    path = tmp_path_factory.mktemp("served") / "model"
+    mlflow.pyfunc.save_model(
+        str(path), python_model=str(MODEL_CODE), artifacts={MODEL_DIR_ARTIFACT: str(built["ease"])},
+        signature=signature(10), pip_requirements=["recvae"],
+        input_example=pd.DataFrame({"user_id": [1, 1, 1], "item_id": items.tolist()}),
+    )
+    app = mlflow_scoring.init(mlflow.pyfunc.load_model(str(path)))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/ping", timeout=1):
+            break
+        time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def invoke(url: str, k: object) -> tuple[int, dict]:
+    """POST two users' histories with ``params: {k}``; the status and the JSON answer."""
+    body = {"dataframe_split": {"columns": ["user_id", "item_id"], "data": [[1, 5], [1, 16], [2, 27]]},
+            "params": {"k": k}}
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("k", [-3, 0])
+def test_serving_a_bad_k_is_http_400_with_one_line(scoring_server: str, k: int) -> None:
+    status, answer = invoke(scoring_server, k)
+    assert status == 400, answer
+    assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert answer["message"] == (
+        f"params.k: expected a positive integer (the number of items per user), got {k}")
+    assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
+    status, answer = invoke(scoring_server, 2)  # the server goes on serving
+    assert status == 200 and len(answer["predictions"]) == 4

@@ -22,10 +22,12 @@ def fast_dir(fallback: Path) -> Path:
 
 
 class MlflowServer:
-    """``mlflow server`` with a SQLite store ``db`` and artifacts under ``root/artifacts``."""
+    """``mlflow server`` with a SQLite store ``db`` (or any backend store URI, e.g. PostgreSQL's)
+    and artifacts under ``root/artifacts``."""
 
-    def __init__(self, db: Path, root: Path, port: int | None = None) -> None:
-        self.db, self.root = Path(db), Path(root)
+    def __init__(self, db: Path | str, root: Path, port: int | None = None) -> None:
+        self.backend = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
+        self.root = Path(root)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -37,7 +39,7 @@ class MlflowServer:
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                 f"sqlite:///{self.db}", "--artifacts-destination", str(self.root / "artifacts"),
+                 self.backend, "--artifacts-destination", str(self.root / "artifacts"),
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 # no GenAI job runner: faster start, nothing left behind in /dev/shm

@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,14 @@ def test_outage_keeps_everything_and_sync_completes_it_once(
     partial = store_view(store)  # what the store got before the outage: epochs 1-2 only
     assert [s for s, _ in partial["popularity"]["metrics"]["train/loss"]] == [1, 2]
     assert partial["popularity"]["status"] == "RUNNING" and "ease" not in partial
+    # the store answered again when the pipeline ended: its runs say they are incomplete
+    assert "tagged recvae.offline=true" in err
+    for name in ("p", "popularity"):
+        tags = partial[name]["tags"]
+        assert tags["recvae.offline"] == "true", name
+        assert "MLflow tracking failed at" in tags["mlflow.note.content"], name
+        assert f"`recvae sync {out.resolve()}` completes it" in tags["mlflow.note.content"], name
+    assert partial["popularity"]["tags"]["mlflow.note.content"].startswith("recvae model popularity\n\n")
 
     outage["down"] = False
     report = sync_output(out)
@@ -123,6 +132,9 @@ def test_outage_keeps_everything_and_sync_completes_it_once(
         assert (got["parent"] is None) == (want["parent"] is None), name
     assert synced["ease"]["parent"] == synced["p"]["id"]
     assert synced["popularity"]["metrics"]["best_epoch"] == [(0, 4.0)]
+    for name, want in expected.items():  # the marker is gone, the note is the run's own again
+        assert "recvae.offline" not in synced[name]["tags"], name
+        assert synced[name]["tags"].get("mlflow.note.content") == want["tags"].get("mlflow.note.content")
 
     again = sync_output(out)  # idempotent: nothing to add
     assert (again.synced, again.unchanged) == (0, 3)
@@ -197,16 +209,28 @@ def test_an_exception_fails_its_run(store: str, tmp_path: Path) -> None:
     assert view["m"]["tags"]["recvae.error"] == "ValueError: boom"
 
 
-def test_record_ignores_a_journal_line_cut_short(tmp_path: Path) -> None:
+def test_record_ignores_a_journal_line_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     record = RunRecord.create(tmp_path / "tracking", name="m", kind="model", uri=None, experiment="e")
     record.append({"op": "params", "params": {"a": "1"}})
-    with open(record.path / JOURNAL_FILE, "a") as f:
-        f.write('{"seq": 3, "op": "par')  # killed mid-write
+    with open(record.path / JOURNAL_FILE, "ab") as f:
+        f.write('{"seq": 3, "op": "params", "params": {"é'.encode()[:-1])  # killed mid-write, mid-character
     loaded = RunRecord.load(record.path)
     assert [op["op"] for op in loaded.ops] == ["create", "params"]
+    assert loaded.cut_line == 3
     loaded.append({"op": "tags", "tags": {"b": "2"}})  # the next entry replaces the cut one
+    err = capsys.readouterr().err
+    assert err == (f"recvae: warning: {record.path / JOURNAL_FILE}, line 3: cut short (its process was "
+                   "killed while writing it); that entry is skipped\n")
     assert [(op["seq"], op["op"]) for op in RunRecord.load(record.path).ops] == [
         (1, "create"), (2, "params"), (3, "tags")]
+    # a whole last entry whose newline was never written is kept, and the next one starts a line
+    journal = record.path / JOURNAL_FILE
+    journal.write_bytes(journal.read_bytes().rstrip(b"\n"))
+    loaded = RunRecord.load(record.path)
+    assert loaded.cut_line is None and loaded.last_seq == 3
+    loaded.append({"op": "tags", "tags": {"c": "3"}})
+    assert [op["seq"] for op in RunRecord.load(record.path).ops] == [1, 2, 3, 4]
+    assert capsys.readouterr().err == ""
     (record.path / RUN_FILE).write_text("{}")
     with pytest.raises(RecvaeError, match="not a recvae run record"):
         RunRecord.load(record.path)
@@ -270,3 +294,123 @@ def test_sync_with_the_store_down_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert "is unreachable" in err and len(err.splitlines()) == 1, err
     assert cli.main(["sync", str(tmp_path / "nothing")]) == 2
     assert "no run records to sync" in capsys.readouterr().err
+
+
+# A damaged journal line in the middle of a record (its line 3): what replaces it, what the error says.
+DAMAGED = [
+    (b'{"seq": 3, "op": "par\xffams"}', r"line 3: not UTF-8 text \(byte 0xff at column 22\)"),
+    (b'{"seq": 3, "op": "params" "params": {}}',
+     r"line 3: not JSON \(Expecting ',' delimiter at column 27\)"),
+    (b'[3, "params"]', r"line 3: a JSON list, not an object"),
+    (b'{"seq": 1, "op": "params", "params": {}}', r"line 3: entry number \(seq\) 1 does not follow 2"),
+    (b'{"seq": 3, "op": "epoch", "epoch": 1}', r"line 3: a 'epoch' entry without metrics, time"),
+    (b'{"seq": 3, "op": "launch"}', r"line 3: unknown entry kind \(op\) 'launch'"),
+]
+
+
+def test_sync_refuses_a_damaged_journal_line_and_sends_nothing(
+    store: str, tmp_path: Path, outage: dict, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    track(Tracker(store, check=False, output_dir=out), out, outage, stop_at=3)
+    before = store_view(store)
+    records = {r.name: r for r in list_records(out)}
+    journal = records["popularity"].path / JOURNAL_FILE
+    good = journal.read_bytes()
+    lines = good.split(b"\n")
+    outage["down"] = False
+    capsys.readouterr()
+    for damage, expect in DAMAGED:
+        journal.write_bytes(b"\n".join([*lines[:2], damage, *lines[3:]]))
+        assert cli.main(["sync", str(out)]) == 2, damage
+        captured = capsys.readouterr()
+        err = captured.err
+        assert err.startswith(f"recvae: error: {journal}, line 3: ") and err.count("\n") == 1, err
+        assert re.search(expect, err), (expect, err)
+        assert "expected one JSON journal entry per line" in err and "Traceback" not in err
+        assert captured.out == ""
+        assert store_view(store) == before  # nothing sent, no run created, the marker untouched
+    journal.write_bytes(good)
+    assert cli.main(["sync", str(out)]) == 0
+    assert {r["status"] for r in store_view(store).values()} == {"FINISHED"}
+
+
+def test_sync_warns_of_a_last_line_cut_short_and_sends_the_rest(
+    store: str, tmp_path: Path, outage: dict, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    track(Tracker(store, check=False, output_dir=out), out, outage, stop_at=3)
+    journal = next(r for r in list_records(out) if r.name == "ease").path / JOURNAL_FILE
+    with journal.open("ab") as f:
+        f.write(b'{"seq": 999, "op": "metrics", "metr')  # a kill while writing the last entry
+    n = len(journal.read_bytes().split(b"\n"))
+    outage["down"] = False
+    capsys.readouterr()
+    assert cli.main(["sync", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"recvae: warning: {journal}, line {n}: cut short (its process was killed "
+                            "while writing it); that entry is skipped\n")
+    assert "3 run(s) synced" in captured.out
+    view = store_view(store)
+    assert view["ease"]["status"] == "FINISHED" and "test/ndcg_at_2" in view["ease"]["metrics"]
+
+
+def test_a_sync_that_stops_half_way_leaves_the_run_marked_incomplete(
+    store: str, tmp_path: Path, outage: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    track(Tracker(store, check=False, output_dir=out), out, outage, stop_at=3)
+    outage["down"] = False
+    real = StoreWriter._metrics
+
+    def metrics_fail(self, run_id, points):  # noqa: ANN001, ANN202
+        if list(points):  # the store goes away after the run's tags and params went in
+            raise MlflowException("API request failed: [Errno 111] Connection refused")
+
+    monkeypatch.setattr(StoreWriter, "_metrics", metrics_fail)
+    report = sync_output(out)
+    assert (report.synced, report.failed) == (1, 1), report.lines  # p synced; popularity failed
+    tags = store_view(store)["popularity"]["tags"]
+    assert tags["recvae.offline"] == "true"
+    assert "`recvae sync` has not completed it" in tags["mlflow.note.content"]
+    assert f"`recvae sync {out.resolve()}` completes it" in tags["mlflow.note.content"]
+    monkeypatch.setattr(StoreWriter, "_metrics", real)
+    report = sync_output(out)
+    assert report.failed == 0, report.lines
+    view = store_view(store)
+    assert all("recvae.offline" not in r["tags"] for r in view.values())
+    assert view["popularity"]["tags"]["mlflow.note.content"] == "recvae model popularity"
+
+
+def test_a_dataset_logged_by_two_workers_at_once_is_linked_not_lost(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's SQL store inserts a new dataset after looking it up, without a lock: over
+    PostgreSQL the slower of two workers fails on the key (tests/search/test_search_postgres.py
+    meets it for real). That one refusal is retried; any other error is not."""
+    from mlflow.tracking import MlflowClient
+
+    real, calls = MlflowClient.log_inputs, []
+
+    def race_once(self, run_id, datasets=None, models=None):  # noqa: ANN001, ANN202
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException('BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value '
+                                  'violates unique constraint "dataset_pk"')
+        return real(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", race_once)
+    tracker = Tracker(store, check=False, output_dir=tmp_path)
+    with tracker.start_pipeline("p", dataset=tiny_dataset()):
+        pass
+    assert tracker.guard.online and len(calls) == 2
+    assert store_view(store)["p"]["status"] == "FINISHED"
+
+    def refuse(self, run_id, datasets=None, models=None):  # noqa: ANN001, ANN202
+        raise MlflowException("BAD_REQUEST: dataset name too long")
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", refuse)
+    tracker = Tracker(store, check=False, output_dir=tmp_path / "other")
+    with tracker.start_pipeline("q", dataset=tiny_dataset()):
+        pass
+    assert tracker.offline and "dataset name too long" in tracker.guard.error
