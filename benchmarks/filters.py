@@ -18,7 +18,7 @@ Three measurements, one per subcommand, each printing a table (``--json PATH`` w
     python benchmarks/filters.py timing --data /work/exp/data/gowalla --model chebycf \
         --json benchmarks/results/filters_timing_gowalla_chebycf.json
     python benchmarks/filters.py reuse --data /work/exp/data/gowalla --model chebycf --trials 3
-    python benchmarks/filters.py reuse --movielens data/ml-latest-small.zip --trials 30
+    python benchmarks/filters.py reuse --data runs/data/ml-latest-small --set eta=256 --trials 30
     python benchmarks/filters.py calibrate --json benchmarks/results/filters_calibration.json
 
 The machine is shared: wall seconds grow with other people's jobs, CPU seconds much less so;
@@ -86,7 +86,7 @@ def clear_caches() -> None:
 # ------------------------------------------------------------------------------- timing
 def timing(args: argparse.Namespace) -> dict[str, Any]:
     ds = load(args)
-    model = create_model(args.model, {})  # the authors' Gowalla settings
+    model = create_model(args.model, args.set)  # the authors' Gowalla settings unless --set
     rows, total_wall, total_cpu = [], 0.0, 0.0
     with Clock() as c:
         model.fit(ds)
@@ -128,7 +128,7 @@ def trial_values(model: str, n: int, seed: int = 0) -> list[dict[str, float]]:
 
 
 def run_trials(
-    ds: Dataset, model: str, trials: list[dict[str, float]], fresh: bool
+    ds: Dataset, model: str, fixed: dict[str, Any], trials: list[dict[str, float]], fresh: bool
 ) -> tuple[list[float], float, float]:
     """Fit and validate each trial; ``fresh`` clears the caches before each (N independent fits)."""
     metrics, clock = [], Clock()
@@ -137,7 +137,7 @@ def run_trials(
         for values in trials:
             if fresh:
                 clear_caches()
-            m = create_model(model, values).fit(ds)
+            m = create_model(model, {**fixed, **values}).fit(ds)
             result = evaluate(m.score, ds.validation, ks=(20,), batch_size=BATCH, inplace=True)
             metrics.append(result.means["ndcg_at_20"])
             del m
@@ -150,8 +150,8 @@ def reuse(args: argparse.Namespace) -> dict[str, Any]:
 
     ds = load(args)
     trials = trial_values(args.model, args.trials)
-    fresh_metrics, fresh_wall, fresh_cpu = run_trials(ds, args.model, trials, fresh=True)
-    reuse_metrics, reuse_wall, reuse_cpu = run_trials(ds, args.model, trials, fresh=False)
+    fresh_metrics, fresh_wall, fresh_cpu = run_trials(ds, args.model, args.set, trials, fresh=True)
+    reuse_metrics, reuse_wall, reuse_cpu = run_trials(ds, args.model, args.set, trials, fresh=False)
     stats = {"svd_hits": SVD_CACHE.hits, "svd_misses": SVD_CACHE.misses,
              "basis_hits": BASIS_CACHE.hits, "basis_misses": BASIS_CACHE.misses,
              "basis_cache_gb": BASIS_CACHE.nbytes / 1e9}
@@ -168,8 +168,9 @@ def reuse(args: argparse.Namespace) -> dict[str, Any]:
     print(f"fresh/reused: wall {fresh_wall / reuse_wall:.2f}×, CPU {fresh_cpu / reuse_cpu:.2f}×; "
           f"same validation NDCG@20 in both passes: {same}; caches of the reused pass: {stats}")
     print(f"peak RSS {peak_rss_gb():.2f} GB")
-    return {"model": args.model, "data": str(args.data or args.movielens), "summary": ds.summary(),
-            "trials": trials, "val_ndcg_at_20": reuse_metrics, "fresh_val_ndcg_at_20": fresh_metrics,
+    return {"model": args.model, "fixed": args.set, "data": str(args.data or args.movielens),
+            "summary": ds.summary(), "trials": trials, "val_ndcg_at_20": reuse_metrics,
+            "fresh_val_ndcg_at_20": fresh_metrics,
             "identical": same, "rows": rows, "ratio_wall": fresh_wall / reuse_wall,
             "ratio_cpu": fresh_cpu / reuse_cpu, "cache": stats, "peak_rss_gb": peak_rss_gb()}
 
@@ -211,6 +212,15 @@ def best_seconds(f: Any, repeats: int = 3) -> float:
     return min(times)
 
 
+def setting(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not (key and sep):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def shape(text: str) -> tuple[int, int, int]:
     users, items, per_user = (int(v) for v in text.split("x"))
     return users, items, per_user
@@ -226,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
         src.add_argument("--movielens", type=Path, help="a MovieLens archive, split in-process")
         s.add_argument("--heldout", type=int, default=100, help="validation/test users (--movielens)")
         s.add_argument("--model", default="chebycf", choices=sorted(COEFFICIENTS))
+        s.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                       help="a fixed hyper-parameter, e.g. eta=256 (VALUE parsed as YAML)")
         s.add_argument("--json", type=Path)
     sub.choices["reuse"].add_argument("--trials", type=int, default=5)
     c = sub.add_parser("calibrate")
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                             (20000, 10000, 100), (20000, 10000, 400)])
     c.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.command != "calibrate":
+        args.set = dict(args.set)
     result = {"timing": timing, "reuse": reuse, "calibrate": calibrate}[args.command](args)
     write_json(str(args.json) if args.json else None, {"command": args.command, **result})
 

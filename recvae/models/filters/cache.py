@@ -70,6 +70,12 @@ class ArrayCache:
             self._entries.move_to_end(key)
             return entry[0]
 
+    def has_room(self, nbytes: int, *, group: Hashable = None) -> bool:
+        """Whether :meth:`put` would keep ``nbytes`` more of ``group`` (by evicting other groups)."""
+        with self._lock:
+            own = sum(size for _, size, g in self._entries.values() if g == group)
+        return own + nbytes <= self.max_bytes
+
     def put(self, key: Hashable, value: Any, *, group: Hashable = None) -> bool:
         """Store ``value`` (an array or a tuple of arrays) unless it cannot fit; True if stored.
 

@@ -396,6 +396,7 @@ def test_the_cache_is_bounded_and_keeps_a_scan_that_does_not_fit():
     cache = ArrayCache(max_bytes=100)
     a, b, c = (np.zeros(10, np.float32) for _ in range(3))  # 40 bytes each
     assert cache.put("a", a, group="scan") and cache.put("b", b, group="scan")
+    assert not cache.has_room(40, group="scan") and cache.has_room(40, group="other")
     assert not cache.put("c", c, group="scan")  # would evict its own scan's head: not kept
     assert cache.get("a") is a and cache.get("c") is None and (cache.hits, cache.misses) == (1, 1)
     assert cache.put("c", c, group="other")  # another group evicts the least recently used: b
