@@ -148,7 +148,7 @@ def inverse_sqrt(degree: np.ndarray) -> np.ndarray:
     return out
 
 
-def ideal_basis(graph: ItemGraph, k: int, model: str) -> np.ndarray:
+def ideal_basis(graph: ItemGraph, k: int, model: str, param: str = "k") -> np.ndarray:
     """V: the top-``k`` right singular vectors of R̃ as an (n_items, k) float32 array (read-only,
     shared through :data:`SVD_CACHE`; their order and signs are irrelevant to V Vᵀ).
 
@@ -163,8 +163,8 @@ def ideal_basis(graph: ItemGraph, k: int, model: str) -> np.ndarray:
     limit = min(n_users, n_items) - (0 if dense else 1)
     if k > limit:
         raise RecvaeError(
-            f"{model}: the ideal pass's rank k = {k} exceeds what the {n_users} × {n_items} "
-            f"training matrix allows ({limit}); lower it"
+            f"{model}: {param} = {k}, the ideal pass's rank, exceeds what the {n_users} × {n_items} "
+            f"training matrix allows ({limit}); set {param} ≤ {limit}"
         )
     key = ("svd", graph.key, k)
     cached = SVD_CACHE.get(key)

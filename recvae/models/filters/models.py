@@ -79,6 +79,8 @@ class GraphFilter(Recommender):
     """
 
     name: ClassVar[str] = "graph-filter"
+    #: The hyper-parameter that sets the ideal pass's rank (named in errors).
+    rank_param: ClassVar[str] = "k"
     operator: str = "auto"
     graph_: ItemGraph | None = field(default=None, init=False, repr=False, compare=False)
     ideal_: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
@@ -168,7 +170,7 @@ class GraphFilter(Recommender):
     def _ideal_basis(self, graph: ItemGraph) -> np.ndarray:
         if self._rank == 0:
             return np.zeros((graph.n_items, 0), dtype=np.float32)
-        return ideal_basis(graph, self._rank, self.name)
+        return ideal_basis(graph, self._rank, self.name, self.rank_param)
 
     def _ideal(self, x: sp.csr_matrix, power: float) -> np.ndarray:
         """D^p V Vᵀ D^{-p} x (n_items, b): the ideal low-pass filter of the sparse batch x (row form:
@@ -291,6 +293,7 @@ class BSPM(GraphFilter):
     """
 
     name: ClassVar[str] = "bspm"
+    rank_param: ClassVar[str] = "factor_dim"
     factor_dim: int = 448
     idl_beta: float = 0.2
     blur_time: float = 1.0
@@ -367,6 +370,7 @@ class ChebyCF(LinearGraphFilter):
     """
 
     name: ClassVar[str] = "chebycf"
+    rank_param: ClassVar[str] = "eta"
     order: int = 8
     phi: float = 1.5
     eta: int = 512
