@@ -115,7 +115,9 @@ def test_readme_commands_run_as_written(tmp_path: Path) -> None:
                 stop(proc)
     # the commands did their jobs
     assert (work / "runs" / "quickstart" / "comparison.csv").is_file()
-    assert (work / "recs.parquet").is_file() and (work / "recs.csv").is_file()
+    # the README's outputs go under runs/ (git ignores it), none into the repository root
+    assert (work / "runs" / "recs.parquet").is_file() and (work / "runs" / "recs.csv").is_file()
+    assert not (work / "recs.parquet").exists() and not (work / "recs.csv").exists()
     assert re.search(r'"user_id": ?7, ?"rank": ?5', output), "serving returned 5 rows for user 7"
     assert any(c.startswith("curl") for c in ran) and any("recvae ui" in c for c in ran)
 
